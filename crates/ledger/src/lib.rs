@@ -22,6 +22,7 @@ pub mod limits;
 mod outcome;
 mod snapshot;
 mod state;
+mod views;
 
 pub use command::*;
 pub use ids::*;
