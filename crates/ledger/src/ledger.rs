@@ -1354,9 +1354,18 @@ fn close_room(
     waiting
 }
 
-/// What identifies a request for idempotency: a digest of its canonical encoding.
+/// What identifies a request for idempotency: a digest of its canonical encoding. Values the
+/// proposer draws at random (check-in codes) are not the client's request, so they are left
+/// out: a retry drawn with new codes is the same request.
 fn fingerprint(op: &Op) -> [u8; 16] {
-    let bytes = postcard::to_stdvec(op).expect("ops always encode");
+    let bytes = match op {
+        Op::ConfirmHold { hold, payment_ref, codes } => {
+            let normalized = Op::ConfirmHold { hold: *hold, payment_ref: payment_ref.clone(), codes: vec![[0; 16]; codes.len()] };
+            postcard::to_stdvec(&normalized)
+        }
+        _ => postcard::to_stdvec(op),
+    }
+    .expect("ops always encode");
     let mut out = [0u8; 16];
     out.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
     out
