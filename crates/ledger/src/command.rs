@@ -60,6 +60,10 @@ pub enum Op {
     ExtendHold { hold: HoldId, payment_ref: String },
     /// Turn a live hold into a booking; one random check-in code per ticket.
     ConfirmHold { hold: HoldId, payment_ref: String, codes: Vec<CheckInCode> },
+    /// The written rule for a payment that lands after its hold expired: book the same seats
+    /// if every one is still free, else reject (and the payment service refunds at once).
+    /// Only for a hold that was extended into checkout with this `payment_ref`.
+    ConfirmLate { hold: HoldId, payment_ref: String, codes: Vec<CheckInCode> },
     /// Refund a whole booking (`tickets` empty) or some of its tickets.
     Refund { booking: BookingId, tickets: Vec<TicketId>, refund_ref: String },
     /// Mark a ticket used at the door; a code is used exactly once.
@@ -86,6 +90,7 @@ impl Op {
             Op::ReleaseHold { .. } => "release_hold",
             Op::ExtendHold { .. } => "extend_hold",
             Op::ConfirmHold { .. } => "confirm_hold",
+            Op::ConfirmLate { .. } => "confirm_late",
             Op::Refund { .. } => "refund",
             Op::CheckIn { .. } => "check_in",
         }

@@ -170,6 +170,7 @@ impl Ledger {
             Op::ReleaseHold { hold } => self.release_hold(p, hold),
             Op::ExtendHold { hold, payment_ref } => self.extend_hold(p, hold, payment_ref),
             Op::ConfirmHold { hold, payment_ref, codes } => self.confirm_hold(p, hold, payment_ref, codes),
+            Op::ConfirmLate { hold, payment_ref, codes } => self.confirm_late(p, hold, payment_ref, codes),
             Op::Refund { booking, tickets, refund_ref } => self.refund(p, booking, &tickets, refund_ref),
             Op::CheckIn { performance, code } => self.check_in(p, performance, code),
         };
@@ -912,21 +913,7 @@ impl Ledger {
             return reject(Code::NotFound, format!("no hold {id}"));
         };
         live_state(hold)?;
-        check_text("payment_ref", &payment_ref, 1, MAX_REF_LEN)?;
-        if codes.len() != hold.quantity() as usize {
-            return reject(
-                Code::InvalidInput,
-                format!("give one check-in code per ticket: {} expected, {} given", hold.quantity(), codes.len()),
-            );
-        }
-        for (i, code) in codes.iter().enumerate() {
-            if codes[..i].contains(code) || self.ix.ticket_by_code.contains_key(code) {
-                return reject(Code::AlreadyExists, "a check-in code is reused; draw new random codes");
-            }
-        }
-        if self.s.bookings.len() >= MAX_BOOKINGS {
-            return reject(Code::LimitExceeded, "too many bookings");
-        }
+        self.validate_booking(hold, &payment_ref, &codes)?;
         // Valid: mutate.
         let quantity = u64::from(hold.quantity());
         let booking_id = BookingId(self.next_id());
@@ -1021,6 +1008,82 @@ impl Ledger {
         self.forget_live_hold((performance, buyer));
         self.emit(Change::BookingConfirmed { booking: booking_id, hold: id, performance, amount, tickets: count });
         Ok(Reply::BookingConfirmed(receipt))
+    }
+
+    /// What a booking needs beyond a live hold: a reference and one fresh code per ticket.
+    fn validate_booking(&self, hold: &Hold, payment_ref: &str, codes: &[CheckInCode]) -> Result<()> {
+        check_text("payment_ref", payment_ref, 1, MAX_REF_LEN)?;
+        if codes.len() != hold.quantity() as usize {
+            return reject(
+                Code::InvalidInput,
+                format!("give one check-in code per ticket: {} expected, {} given", hold.quantity(), codes.len()),
+            );
+        }
+        for (i, code) in codes.iter().enumerate() {
+            if codes[..i].contains(code) || self.ix.ticket_by_code.contains_key(code) {
+                return reject(Code::AlreadyExists, "a check-in code is reused; draw new random codes");
+            }
+        }
+        if self.s.bookings.len() >= MAX_BOOKINGS {
+            return reject(Code::LimitExceeded, "too many bookings");
+        }
+        Ok(())
+    }
+
+    fn confirm_late(&mut self, p: Principal, id: HoldId, payment_ref: String, codes: Vec<CheckInCode>) -> Result<Reply> {
+        self.require(p, &[Role::Service, Role::Operator], "confirm holds")?;
+        let Some(hold) = self.s.holds.get(&id) else {
+            return reject(Code::NotFound, format!("no hold {id}"));
+        };
+        match hold.state {
+            HoldState::Expired => {}
+            HoldState::Live => return reject(Code::InvalidState, format!("hold {id} is live: confirm it instead")),
+            _ => return live_state(hold).map(|()| unreachable!("ended holds are not live")),
+        }
+        if !hold.extended || hold.payment_ref.as_deref() != Some(payment_ref.as_str()) {
+            return reject(
+                Code::InvalidState,
+                "only a hold extended into checkout with this payment_ref can be booked after it expired",
+            );
+        }
+        let perf = &self.s.performances[&hold.performance];
+        if perf.status == SaleStatus::Cancelled {
+            return reject(Code::SaleNotOpen, "the performance was cancelled; refund the payment");
+        }
+        for &(seat, _) in &hold.seats {
+            if perf.seats[seat.0 as usize].get() != SeatState::Available {
+                return reject(Code::SeatUnavailable, "the seats were taken after the hold expired; refund the payment");
+            }
+        }
+        if let Some((section, quantity, _)) = hold.ga
+            && perf.sections[usize::from(section.0)].available() < u32::from(quantity)
+        {
+            return reject(Code::SeatUnavailable, "the places were taken after the hold expired; refund the payment");
+        }
+        self.validate_booking(hold, &payment_ref, &codes)?;
+        // Valid: put the seats back under the hold, then confirm it exactly as a live one.
+        let revived_until_ms = self.s.clock_ms + 1;
+        let State { holds, performances, venues, hold_expiry, ended_holds, .. } = &mut self.s;
+        let hold = holds.get_mut(&id).expect("exists");
+        let perf = performances.get_mut(&hold.performance).expect("exists");
+        let venue = &venues[&perf.venue];
+        for &(seat, _) in &hold.seats {
+            perf.seats[seat.0 as usize] = SeatCell::new(SeatState::Held(id));
+            perf.sections[venue.section_of(seat).expect("seat in a section").0 as usize].held += 1;
+        }
+        if let Some((section, quantity, _)) = hold.ga {
+            perf.sections[usize::from(section.0)].held += u32::from(quantity);
+        }
+        hold.state = HoldState::Live;
+        hold.expires_at_ms = revived_until_ms;
+        hold_expiry.insert((hold.expires_at_ms, id));
+        let pos = ended_holds.iter().position(|e| e.1 == id).expect("expired holds are retained");
+        ended_holds.remove(pos);
+        *self.ix.live_holds.entry((hold.performance, hold.buyer)).or_default() += 1;
+        self.ix.live_hold_count += 1;
+        let reply = self.confirm_hold(p, id, payment_ref, codes);
+        assert!(reply.is_ok(), "confirm of a validated revived hold failed: {reply:?}");
+        reply
     }
 
     fn refund(&mut self, p: Principal, id: BookingId, tickets: &[TicketId], refund_ref: String) -> Result<Reply> {

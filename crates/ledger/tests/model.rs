@@ -977,3 +977,51 @@ fn scripted_on_sale() {
         (Retry { n: 0, same: false }, false),
     ]);
 }
+
+/// A payment that lands after its hold expired: booked on the same seats when they are still
+/// free, refused (so the payment is refunded) when someone took them.
+#[test]
+fn late_payment_books_free_seats_or_is_refused() {
+    let mut h = Harness::new();
+    let a = h.model.perfs[0].id;
+    let buyer = Who::Buyer(0).buyer().unwrap();
+    let place = |h: &mut Harness, seat: u32| -> HoldId {
+        let what = HoldRequest::Seats(vec![(SeatIdx(seat), CategoryIdx(0))]);
+        match h.send(Command::new(h.now, buyer, Op::PlaceHold { performance: a, what })) {
+            Outcome::Ok(Reply::HoldPlaced(r)) => r.hold,
+            o => panic!("{o:?}"),
+        }
+    };
+    let (hold, other) = (place(&mut h, 0), place(&mut h, 1));
+    let service = h.service;
+    let late = |h: &mut Harness, hold: HoldId, r: &str| {
+        let op = Op::ConfirmLate { hold, payment_ref: r.into(), codes: vec![[hold.0 as u8; 16]] };
+        h.send(Command::new(h.now, service, op))
+    };
+    // A live hold is confirmed, not booked late; an unextended one cannot be booked late.
+    assert_eq!(late(&mut h, hold, "pay-1").code(), Some(Code::InvalidState));
+    let ext = |h: &mut Harness, hold| h.send(Command::new(h.now, service, Op::ExtendHold { hold, payment_ref: "pay-1".into() }));
+    assert!(ext(&mut h, hold).is_ok());
+    assert!(ext(&mut h, other).is_ok());
+    h.now += 60_000;
+    h.send(Command::new(h.now, Principal::System, Op::Tick));
+    assert_eq!(h.ledger.state().holds[&hold].state, HoldState::Expired);
+    // Someone else takes seat 1 meanwhile.
+    let b1 = Who::Buyer(1).buyer().unwrap();
+    let what = HoldRequest::Seats(vec![(SeatIdx(1), CategoryIdx(0))]);
+    assert!(h.send(Command::new(h.now, b1, Op::PlaceHold { performance: a, what })).is_ok());
+    let before = h.ledger.clone();
+    assert_eq!(late(&mut h, hold, "pay-other").code(), Some(Code::InvalidState), "wrong payment_ref");
+    assert_eq!(late(&mut h, other, "pay-1").code(), Some(Code::SeatUnavailable), "seat 1 was taken");
+    assert_eq!(h.ledger.state().holds, before.state().holds, "refusals change nothing");
+    match late(&mut h, hold, "pay-1") {
+        Outcome::Ok(Reply::BookingConfirmed(b)) => {
+            assert_eq!(b.tickets.len(), 1);
+            let perf = &h.ledger.state().performances[&a];
+            assert_eq!(perf.seats[0].get(), SeatState::Sold(b.booking));
+        }
+        o => panic!("late payment on free seats must book: {o:?}"),
+    }
+    assert_eq!(late(&mut h, hold, "pay-1").code(), Some(Code::HoldNotLive), "booked once only");
+    h.ledger.check_invariants().unwrap();
+}
