@@ -1,0 +1,264 @@
+//! The ledger as openraft's state machine, with snapshot files.
+
+use crate::{LogId, Response, SnapshotData, StoreError, TypeConfig};
+use ledger::Ledger;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, StoredMembership};
+use futures::StreamExt;
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+type C = TypeConfig;
+type Meta = SnapshotMetaOf<C>;
+
+/// Snapshot file: magic, format version, meta length, meta (postcard), blake3 of everything
+/// after the checksum field, then the ledger's own (checksummed) snapshot bytes.
+const FILE_MAGIC: &[u8; 8] = b"TLSMSNP\n";
+const FILE_VERSION: u32 = 1;
+/// Old snapshot files kept besides the newest (the fallback when the newest is damaged).
+const SNAPSHOTS_KEPT: usize = 2;
+
+struct Inner {
+    ledger: Ledger,
+    last_applied: Option<LogId>,
+    membership: StoredMembershipOf<C>,
+    /// The newest snapshot: its meta and the ledger bytes.
+    current: Option<(Meta, Arc<Vec<u8>>)>,
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<RwLock<Inner>>,
+    dir: PathBuf,
+}
+
+/// Read access to the ledger for the node's read path.
+#[derive(Clone)]
+pub struct LedgerHandle {
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl LedgerHandle {
+    pub fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
+        f(&self.inner.read().expect("ledger lock poisoned").ledger)
+    }
+    pub fn last_applied_index(&self) -> u64 {
+        self.inner.read().expect("ledger lock poisoned").last_applied.as_ref().map_or(0, |l| l.index)
+    }
+}
+
+/// The bytes a snapshot carries over the network (the ledger's snapshot format).
+pub fn snapshot_bytes(data: &SnapshotData) -> Vec<u8> {
+    data.get_ref().clone()
+}
+
+/// Check received snapshot bytes before openraft installs them: a damaged snapshot is
+/// refused here, where the error is the sender's problem, not a fatal storage error.
+pub fn snapshot_from_bytes(bytes: Vec<u8>) -> Result<SnapshotData, ledger::SnapshotError> {
+    Ledger::restore(&bytes)?;
+    Ok(Cursor::new(bytes))
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn file_name(meta: &Meta) -> String {
+    let (term, index) = meta.last_log_id.as_ref().map_or((0, 0), |l| (l.leader_id.term, l.index));
+    format!("snap-{index:020}-{term:010}.bin")
+}
+
+fn encode_file(meta: &Meta, ledger_bytes: &[u8]) -> io::Result<Vec<u8>> {
+    let meta_bytes = postcard::to_stdvec(meta).map_err(io_err)?;
+    let mut h = blake3::Hasher::new();
+    h.update(&meta_bytes);
+    h.update(ledger_bytes);
+    let mut out = Vec::with_capacity(60 + meta_bytes.len() + ledger_bytes.len());
+    out.extend_from_slice(FILE_MAGIC);
+    out.extend_from_slice(&FILE_VERSION.to_le_bytes());
+    out.extend_from_slice(&(meta_bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(h.finalize().as_bytes());
+    out.extend_from_slice(&meta_bytes);
+    out.extend_from_slice(ledger_bytes);
+    Ok(out)
+}
+
+/// Parse and fully validate a snapshot file: header, checksum, meta, and the ledger.
+fn decode_file(bytes: &[u8]) -> Result<(Meta, Ledger, Vec<u8>), String> {
+    if bytes.len() < 52 || &bytes[..8] != FILE_MAGIC {
+        return Err("not a snapshot file (bad magic or truncated header)".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FILE_VERSION {
+        return Err(format!("snapshot file format {version} is not supported (this build reads {FILE_VERSION})"));
+    }
+    let meta_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let rest = &bytes[52..];
+    if meta_len > rest.len() as u64 {
+        return Err("truncated snapshot file".into());
+    }
+    if blake3::hash(rest).as_bytes() != &bytes[20..52] {
+        return Err("snapshot file checksum mismatch (corrupted or truncated)".into());
+    }
+    let (meta_bytes, ledger_bytes) = rest.split_at(meta_len as usize);
+    let meta: Meta = postcard::from_bytes(meta_bytes).map_err(|e| format!("snapshot meta: {e}"))?;
+    let ledger = Ledger::restore(ledger_bytes).map_err(|e| e.to_string())?;
+    Ok((meta, ledger, ledger_bytes.to_vec()))
+}
+
+/// Write a file atomically: temp file, fsync, rename, fsync the directory.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn snapshot_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snap-") && n.ends_with(".bin")))
+        .collect();
+    files.sort();
+    files.reverse();
+    Ok(files)
+}
+
+impl StateMachineStore {
+    /// Open the snapshot directory and load the newest valid snapshot (a damaged newest one is
+    /// reported and the previous one used); openraft replays the log after it.
+    pub fn open(dir: &Path) -> Result<StateMachineStore, StoreError> {
+        let err = |detail: String| StoreError::Snapshots { path: dir.to_path_buf(), detail };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let mut inner = Inner { ledger: Ledger::new(), last_applied: None, membership: StoredMembership::default(), current: None };
+        for path in snapshot_files(dir).map_err(|e| err(e.to_string()))? {
+            let bytes = std::fs::read(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+            match decode_file(&bytes) {
+                Ok((meta, ledger, ledger_bytes)) => {
+                    tracing::info!(snapshot = %path.display(), last_log = ?meta.last_log_id, "loaded snapshot");
+                    inner.ledger = ledger;
+                    inner.last_applied = meta.last_log_id.clone();
+                    inner.membership = meta.last_membership.clone();
+                    inner.current = Some((meta, Arc::new(ledger_bytes)));
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(snapshot = %path.display(), error = %e, "refusing a damaged snapshot; trying an older one");
+                }
+            }
+        }
+        Ok(StateMachineStore { inner: Arc::new(RwLock::new(inner)), dir: dir.to_path_buf() })
+    }
+
+    pub fn ledger_handle(&self) -> LedgerHandle {
+        LedgerHandle { inner: self.inner.clone() }
+    }
+
+    fn persist(&self, meta: &Meta, ledger_bytes: &[u8]) -> io::Result<()> {
+        let file = encode_file(meta, ledger_bytes)?;
+        let name = file_name(meta);
+        write_atomically(&self.dir, &name, &file)?;
+        for old in snapshot_files(&self.dir)?.into_iter().skip(SNAPSHOTS_KEPT + 1) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<C> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<C, SnapshotData>> {
+        let (meta, bytes) = {
+            let g = self.inner.read().expect("ledger lock poisoned");
+            let meta = Meta { last_log_id: g.last_applied.clone(), last_membership: g.membership.clone() };
+            (meta, g.ledger.snapshot())
+        };
+        // Assert in pairs: what we write must be what we can read back.
+        debug_assert!(Ledger::restore(&bytes).is_ok(), "a fresh snapshot does not restore");
+        self.persist(&meta, &bytes)?;
+        let bytes = Arc::new(bytes);
+        self.inner.write().expect("ledger lock poisoned").current = Some((meta.clone(), bytes.clone()));
+        Ok(SnapshotOf::<C, SnapshotData> { meta, snapshot: Cursor::new(bytes.to_vec()) })
+    }
+}
+
+impl RaftStateMachine<C> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembershipOf<C>)> {
+        let g = self.inner.read().expect("ledger lock poisoned");
+        Ok((g.last_applied.clone(), g.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: futures::Stream<Item = io::Result<EntryResponder<C>>> + Unpin + Send,
+    {
+        // Take what is ready as one batch under one lock; respond after releasing it.
+        while let Some(first) = entries.next().await {
+            let mut batch = vec![first?];
+            while let Some(Some(next)) = futures::FutureExt::now_or_never(entries.next()) {
+                batch.push(next?);
+            }
+            let mut replies = Vec::with_capacity(batch.len());
+            {
+                let mut g = self.inner.write().expect("ledger lock poisoned");
+                for (entry, responder) in batch {
+                    let index = entry.log_id.index;
+                    let outcome = match entry.payload {
+                        EntryPayload::Normal(crate::Request::Command(cmd)) => Some(g.ledger.apply(index, cmd)),
+                        EntryPayload::Membership(m) => {
+                            g.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                            g.ledger.skip_index(index);
+                            None
+                        }
+                        EntryPayload::Blank => {
+                            g.ledger.skip_index(index);
+                            None
+                        }
+                    };
+                    g.last_applied = Some(entry.log_id);
+                    if let Some(r) = responder {
+                        replies.push((r, Response { index, outcome }));
+                    }
+                }
+            }
+            for (r, resp) in replies {
+                r.send(resp);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> StateMachineStore {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: SnapshotData) -> io::Result<()> {
+        let bytes = snapshot.into_inner();
+        let ledger = Ledger::restore(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        self.persist(meta, &bytes)?;
+        let mut g = self.inner.write().expect("ledger lock poisoned");
+        g.ledger = ledger;
+        g.last_applied = meta.last_log_id.clone();
+        g.membership = meta.last_membership.clone();
+        g.current = Some((meta.clone(), Arc::new(bytes)));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<C, SnapshotData>>> {
+        let g = self.inner.read().expect("ledger lock poisoned");
+        Ok(g.current.as_ref().map(|(meta, bytes)| SnapshotOf::<C, SnapshotData> {
+            meta: meta.clone(),
+            snapshot: Cursor::new(bytes.to_vec()),
+        }))
+    }
+}
