@@ -189,6 +189,14 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
     }
 }
 
+/// Entries without a command still move the ledger's index along, except the initial
+/// membership entry at index 0, which precedes everything.
+fn skip(ledger: &mut Ledger, index: u64) {
+    if index > ledger.last_index() {
+        ledger.skip_index(index);
+    }
+}
+
 impl RaftStateMachine<C> for StateMachineStore {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachineStore;
@@ -217,11 +225,11 @@ impl RaftStateMachine<C> for StateMachineStore {
                         EntryPayload::Normal(crate::Request::Command(cmd)) => Some(g.ledger.apply(index, cmd)),
                         EntryPayload::Membership(m) => {
                             g.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
-                            g.ledger.skip_index(index);
+                            skip(&mut g.ledger, index);
                             None
                         }
                         EntryPayload::Blank => {
-                            g.ledger.skip_index(index);
+                            skip(&mut g.ledger, index);
                             None
                         }
                     };

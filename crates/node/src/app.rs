@@ -1,0 +1,295 @@
+//! The node's shared state and its two paths: writes (stamped on the leader's clock, proposed
+//! through Raft, forwarded by followers) and reads (after a read index from the leader, or
+//! stale on request). Also the leader's tick.
+
+use openraft::type_config::async_runtime::WatchReceiver as _;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::{Gauges, Metrics};
+use crate::net::{ForwardReply, ForwardRequest, Peers};
+use ledger::*;
+use openraft::ReadPolicy;
+use raft_store::{LedgerHandle, Raft, Request};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// After a read index confirmed by a quorum (never a lease: clocks drift).
+    Linearizable,
+    /// Whatever this node has applied.
+    Stale,
+}
+
+pub struct App {
+    pub cfg: Config,
+    pub raft: Raft,
+    pub ledger: LedgerHandle,
+    pub metrics: Metrics,
+    pub peers: Peers,
+    inflight: Arc<Semaphore>,
+}
+
+/// 32 random bytes as hex: API key secrets, refund references.
+pub fn random_key() -> String {
+    hex(&rand::random::<[u8; 32]>())
+}
+
+impl App {
+    pub fn new(cfg: Config, raft: Raft, ledger: LedgerHandle) -> App {
+        let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
+        let peers = Peers::new(cfg.request_timeout);
+        App { cfg, raft, ledger, metrics: Metrics::default(), peers, inflight }
+    }
+
+    /// This node's wall clock in unix ms (plus the test-only offset).
+    pub fn now_ms(&self) -> u64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        (now + self.cfg.clock_offset_ms).max(0) as u64
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Propose a command and wait for its outcome, from any node, within the request deadline.
+    pub async fn write(&self, principal: Principal, key: Option<String>, op: Op) -> Result<Outcome, ApiError> {
+        let Ok(_permit) = self.inflight.try_acquire() else {
+            self.metrics.proposals_rejected_overload.fetch_add(1, Relaxed);
+            return Err(ApiError::unavailable("overloaded", "too many writes in flight on this node; retry shortly"));
+        };
+        let request = ForwardRequest { principal, idempotency_key: key, op };
+        let routed = async {
+            let (outcome, index) = self.route_write(request).await?;
+            // Read your writes on every node: a follower answers once it applied the entry too.
+            self.wait_applied(index).await?;
+            Ok(outcome)
+        };
+        match tokio::time::timeout(self.cfg.request_timeout, routed).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::unavailable(
+                "timeout",
+                "the write was not committed within the request deadline (no quorum?); its outcome is unknown: retry with the same Idempotency-Key",
+            )),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), ApiError> {
+        if self.ledger.last_applied_index() >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(self.cfg.request_timeout))
+            .applied_index_at_least(Some(index), "own write")
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::unavailable("timeout", format!("committed but not yet applied here: {e}")))
+    }
+
+    async fn route_write(&self, request: ForwardRequest) -> Result<(Outcome, u64), ApiError> {
+        // Two tries: a leader change between looking and proposing is retried once.
+        for _ in 0..2 {
+            match self.leader() {
+                Some(leader) if leader == self.cfg.id => match self.propose(request.clone()).await {
+                    Err(WriteFailure::NotLeader) => self.wait_for_leader().await?,
+                    Err(WriteFailure::Other(e)) => return Err(e),
+                    Ok(outcome) => return Ok(outcome),
+                },
+                Some(leader) => {
+                    self.metrics.proposals_forwarded.fetch_add(1, Relaxed);
+                    match self.peers.forward(&self.raft, leader, &request).await? {
+                        ForwardReply::Outcome(o, index) => return Ok((o, index)),
+                        ForwardReply::NotLeader => self.wait_for_leader().await?,
+                        ForwardReply::Failed(detail) => return Err(ApiError::unavailable("unavailable", detail)),
+                    }
+                }
+                None => self.wait_for_leader().await?,
+            }
+        }
+        Err(ApiError::unavailable("no_leader", "leadership is changing; retry shortly"))
+    }
+
+    /// Wait (within the deadline) until some node is known to lead.
+    async fn wait_for_leader(&self) -> Result<(), ApiError> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        loop {
+            if rx.borrow_watched().current_leader.is_some() {
+                // Give the new leader a moment to commit its first entry before retrying.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(ApiError::unavailable("no_leader", "no leader: the cluster has no quorum right now"));
+            }
+        }
+    }
+
+    /// On the leader: stamp with this node's clock and propose through Raft.
+    pub async fn propose(&self, request: ForwardRequest) -> Result<(Outcome, u64), WriteFailure> {
+        let cmd = Command {
+            stamp_ms: self.now_ms(),
+            principal: request.principal,
+            idempotency_key: request.idempotency_key,
+            op: request.op,
+        };
+        self.metrics.proposals.fetch_add(1, Relaxed);
+        self.metrics.batch_size.observe(1);
+        match self.raft.client_write(Request::command(cmd)).await {
+            Ok(resp) => {
+                let index = resp.data.index;
+                let outcome = resp.data.outcome().ok_or_else(|| WriteFailure::Other(ApiError::internal("a command entry answered without an outcome")))?;
+                Ok((outcome, index))
+            }
+            Err(e) => match e.forward_to_leader() {
+                Some(_) => Err(WriteFailure::NotLeader),
+                None => Err(WriteFailure::Other(ApiError::unavailable(
+                    "unavailable",
+                    format!("the write failed ({e}); its outcome is unknown: retry with the same Idempotency-Key"),
+                ))),
+            },
+        }
+    }
+
+    /// Read the local ledger, after a read index unless `Stale`.
+    pub async fn read<R>(&self, c: Consistency, f: impl FnOnce(&Ledger) -> R) -> Result<R, ApiError> {
+        if c == Consistency::Linearizable {
+            self.linearize().await?;
+        }
+        Ok(self.ledger.read(f))
+    }
+
+    /// Wait until this node has applied everything committed before the call (ReadIndex).
+    pub async fn linearize(&self) -> Result<(), ApiError> {
+        let fut = async {
+            let index = match self.leader() {
+                Some(l) if l == self.cfg.id => self.read_index().await?,
+                Some(l) => self.peers.read_index(&self.raft, l).await?,
+                None => {
+                    self.wait_for_leader().await?;
+                    return Err(ApiError::unavailable("no_leader", "leadership changed; retry"));
+                }
+            };
+            self.raft
+                .wait(Some(self.cfg.request_timeout))
+                .applied_index_at_least(Some(index), "read index")
+                .await
+                .map_err(|e| ApiError::unavailable("timeout", format!("not caught up with the leader: {e}")))?;
+            Ok(())
+        };
+        tokio::time::timeout(self.cfg.request_timeout, fut)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::unavailable("timeout", "no quorum confirmed the read within the deadline")))
+    }
+
+    /// On the leader: the index a linearizable read must wait for.
+    pub async fn read_index(&self) -> Result<u64, ApiError> {
+        let linearizer = self
+            .raft
+            .get_read_linearizer(ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| ApiError::unavailable("no_leader", format!("cannot confirm leadership: {e}")))?;
+        Ok(linearizer.read_log_id().index())
+    }
+
+    pub async fn is_operator(&self, p: Principal) -> Result<bool, ApiError> {
+        Ok(self.role_of(p) == Some(Role::Operator))
+    }
+
+    pub async fn is_service_or_operator(&self, p: Principal) -> Result<bool, ApiError> {
+        Ok(matches!(self.role_of(p), Some(Role::Operator | Role::Service)))
+    }
+
+    pub fn role_of(&self, p: Principal) -> Option<Role> {
+        self.ledger.read(|l| match p {
+            Principal::ApiKey(k) => l.state().api_keys.get(&k).filter(|k| !k.revoked).map(|k| k.role),
+            Principal::User(u) => l.state().users.get(&u).map(|u| u.role),
+            Principal::System => None,
+        })
+    }
+
+    /// Ready: a leader is known and this node applied what it knows to be committed.
+    pub fn readiness(&self) -> Result<(), String> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader.is_none() {
+            return Err("no leader known".into());
+        }
+        let committed = m.local_committed.map(|l| l.index).unwrap_or(0);
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        if applied < committed {
+            return Err(format!("applying: {applied} of {committed}"));
+        }
+        Ok(())
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let (holds_live, seats_sold, seats_held, queue_waiting) = self.ledger.read(|l| {
+            let mut sold = 0u64;
+            let mut held = 0u64;
+            let mut waiting = 0u64;
+            for p in l.state().performances.values() {
+                let t = p.totals();
+                sold += u64::from(t.sold);
+                held += u64::from(t.held);
+                waiting += p.waiting_room.as_ref().map_or(0, |r| (r.order.len() + r.prequeue.len()) as u64);
+            }
+            (l.live_holds() as u64, sold, held, waiting)
+        });
+        let g = Gauges {
+            node_id: self.cfg.id,
+            term: m.current_term,
+            is_leader: m.current_leader == Some(self.cfg.id),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.local_committed.map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            holds_live,
+            seats_sold,
+            seats_held,
+            queue_waiting,
+        };
+        self.metrics.render(&g)
+    }
+
+    /// The leader's tick: about every 100 ms, propose a `Tick` when a hold or admission is due
+    /// or a waiting room admits. Nothing is proposed when nothing is due.
+    pub async fn tick_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if self.leader() != Some(self.cfg.id) {
+                continue;
+            }
+            let now = self.now_ms();
+            let due = self.ledger.read(|l| l.next_due_ms().is_some_and(|t| t <= now) || l.rooms_admitting());
+            if !due {
+                continue;
+            }
+            self.metrics.ticks.fetch_add(1, Relaxed);
+            let request = ForwardRequest { principal: Principal::System, idempotency_key: None, op: Op::Tick };
+            if let Err(e) = tokio::time::timeout(self.cfg.request_timeout, self.propose(request)).await {
+                tracing::warn!(error = %e, "tick timed out");
+            }
+        }
+    }
+}
+
+pub enum WriteFailure {
+    NotLeader,
+    Other(ApiError),
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteFailure::NotLeader => f.write_str("not the leader"),
+            WriteFailure::Other(e) => write!(f, "{}: {}", e.code, e.detail),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Configuration: flags, `TICKETLEDGER_*` environment variables, or a TOML file, in that
+//! order of precedence, then defaults.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug, Default)]
+#[command(name = "ticketd", version, about = "A ticketledger node: one replica of the on-sale ledger.")]
+pub struct Cli {
+    /// This node's Raft id (a positive integer, unique in the cluster).
+    #[arg(long, env = "TICKETLEDGER_ID")]
+    pub id: Option<u64>,
+    /// Where the Raft log, snapshots and metadata live.
+    #[arg(long, env = "TICKETLEDGER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP/JSON API listener (host:port).
+    #[arg(long, env = "TICKETLEDGER_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// gRPC listener for node-to-node Raft traffic (host:port).
+    #[arg(long, env = "TICKETLEDGER_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Address other nodes use to reach this node's gRPC listener (default: --grpc-addr).
+    #[arg(long, env = "TICKETLEDGER_ADVERTISE_GRPC")]
+    pub advertise_grpc: Option<String>,
+    /// Address clients and other nodes use to reach this node's HTTP listener (default: --http-addr).
+    #[arg(long, env = "TICKETLEDGER_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    /// A TOML file with any of these settings (`http_addr = "0.0.0.0:8080"`).
+    #[arg(long, env = "TICKETLEDGER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// `text` or `json`.
+    #[arg(long, env = "TICKETLEDGER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// A tracing filter, e.g. `info` or `node=debug,openraft=warn`.
+    #[arg(long, env = "TICKETLEDGER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Per-request deadline in milliseconds (writes and linearizable reads).
+    #[arg(long, env = "TICKETLEDGER_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Raft heartbeat interval in milliseconds (elections time out at 3–6× this).
+    #[arg(long, env = "TICKETLEDGER_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Take a snapshot (and purge the log behind it) every this many applied entries.
+    #[arg(long, env = "TICKETLEDGER_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Most client writes in flight on this node before it answers 503 `overloaded`.
+    #[arg(long, env = "TICKETLEDGER_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// Test only: add this many milliseconds to this node's clock (clock-skew experiments).
+    #[arg(long, env = "TICKETLEDGER_CLOCK_OFFSET_MS", allow_hyphen_values = true)]
+    pub clock_offset_ms: Option<i64>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
+    advertise_grpc: Option<String>,
+    advertise_http: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    request_timeout_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    max_inflight: Option<usize>,
+    clock_offset_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub advertise_grpc: String,
+    pub advertise_http: String,
+    pub log_json: bool,
+    pub log_level: String,
+    pub request_timeout: Duration,
+    pub heartbeat_ms: u64,
+    pub snapshot_every: u64,
+    pub max_inflight: usize,
+    pub clock_offset_ms: i64,
+}
+
+impl Config {
+    pub fn load(cli: Cli) -> anyhow::Result<Config> {
+        let file: FileConfig = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let id = cli.id.or(file.id).context("--id (or TICKETLEDGER_ID, or `id` in the config file) is required")?;
+        if id == 0 {
+            bail!("--id must be a positive integer");
+        }
+        let data_dir = cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("./data/{id}")));
+        let http_addr = cli.http_addr.or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid"));
+        let grpc_addr = cli.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
+        let log_format = cli.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
+        let log_json = match log_format.as_str() {
+            "json" => true,
+            "text" => false,
+            other => bail!("--log-format must be `text` or `json`, not {other:?}"),
+        };
+        let heartbeat_ms = cli.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
+        if !(10..=10_000).contains(&heartbeat_ms) {
+            bail!("--heartbeat-ms must be 10..=10000");
+        }
+        let request_timeout_ms = cli.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(5_000);
+        if !(100..=600_000).contains(&request_timeout_ms) {
+            bail!("--request-timeout-ms must be 100..=600000");
+        }
+        Ok(Config {
+            id,
+            data_dir,
+            http_addr,
+            grpc_addr,
+            advertise_grpc: cli.advertise_grpc.or(file.advertise_grpc).unwrap_or_else(|| grpc_addr.to_string()),
+            advertise_http: cli.advertise_http.or(file.advertise_http).unwrap_or_else(|| http_addr.to_string()),
+            log_json,
+            log_level: cli.log_level.or(file.log_level).unwrap_or_else(|| "info,openraft=warn".into()),
+            request_timeout: Duration::from_millis(request_timeout_ms),
+            heartbeat_ms,
+            snapshot_every: cli.snapshot_every.or(file.snapshot_every).unwrap_or(50_000).max(100),
+            max_inflight: cli.max_inflight.or(file.max_inflight).unwrap_or(16_384).max(1),
+            clock_offset_ms: cli.clock_offset_ms.or(file.clock_offset_ms).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("ticketd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "id = 3\nhttp_addr = \"127.0.0.1:7000\"\nlog_format = \"json\"\n").unwrap();
+        let cli = Cli { config: Some(path.clone()), http_addr: Some("127.0.0.1:7001".parse().unwrap()), ..Cli::default() };
+        let c = Config::load(cli).unwrap();
+        assert_eq!(c.id, 3);
+        assert_eq!(c.http_addr.port(), 7001);
+        assert!(c.log_json);
+        assert_eq!(c.advertise_http, "127.0.0.1:7001");
+        std::fs::write(&path, "idd = 3\n").unwrap();
+        let err = Config::load(Cli { config: Some(path), ..Cli::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn missing_id_is_a_clear_error() {
+        let err = Config::load(Cli::default()).unwrap_err();
+        assert!(err.to_string().contains("--id"));
+    }
+}

@@ -1,0 +1,462 @@
+//! The HTTP/JSON v1 API (docs/http-api.md): authentication, body limits, JSON errors, and one
+//! handler per call. Handlers parse and authorize at the edge, then either propose a command
+//! (writes) or read the local ledger after a read index (reads).
+
+use crate::app::{App, Consistency};
+use crate::convert::*;
+use crate::error::ApiError;
+use crate::metrics::Route;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ledger::*;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+type Result<T> = std::result::Result<T, ApiError>;
+type AppState = State<Arc<App>>;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/api-keys", post(create_api_key))
+        .route("/v1/venues", post(create_venue))
+        .route("/v1/venues/{id}", get(get_venue))
+        .route("/v1/events", post(create_event).get(list_events))
+        .route("/v1/events/{id}", get(get_event))
+        .route("/v1/events/{id}/performances", post(create_performance))
+        .route("/v1/performances/{id}", get(get_performance).patch(update_performance))
+        .route("/v1/performances/{id}/seats", get(get_seats))
+        .route("/v1/performances/{id}/queue", post(join_queue))
+        .route("/v1/queue/{id}", get(get_queue))
+        .route("/v1/holds", post(create_hold))
+        .route("/v1/holds/{id}", get(get_hold).delete(release_hold))
+        .route("/v1/holds/{id}/extend", post(extend_hold))
+        .route("/v1/holds/{id}/confirm", post(confirm_hold))
+        .route("/v1/bookings/{id}", get(get_booking))
+        .route("/v1/bookings/{id}/refund", post(refund_booking))
+        .merge(crate::admin::router())
+        .fallback(|| async { ApiError::not_found("no such route; see docs/http-api.md") })
+        .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// Latency and status-class metrics for every request.
+async fn observe(State(app): AppState, req: Request, next: axum::middleware::Next) -> Response {
+    let route = match *req.method() {
+        axum::http::Method::GET if !req.uri().path().starts_with("/v1/cluster") => Route::Read,
+        _ if req.uri().path().starts_with("/v1/cluster") => Route::Admin,
+        _ => Route::Write,
+    };
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    app.metrics.observe_latency(route, start.elapsed().as_micros() as u64);
+    let s = resp.status();
+    if s.is_client_error() {
+        app.metrics.http_responses_4xx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    } else if s.is_server_error() {
+        app.metrics.http_responses_5xx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    resp
+}
+
+/// JSON body extractor whose failures are problems (400 malformed, 413 too large, 415).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(json_rejection(e)),
+        }
+    }
+}
+
+fn json_rejection(e: JsonRejection) -> ApiError {
+    let status = e.status();
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            "payload_too_large",
+            format!("the request body is over {} bytes", api::MAX_BODY_BYTES),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::new(status, "unsupported_media_type", "send JSON with Content-Type: application/json")
+        }
+        _ => ApiError::bad_request(format!("malformed request body: {}", e.body_text())),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct ReadParams {
+    consistency: Option<String>,
+    section: Option<String>,
+    category: Option<String>,
+    q: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+impl ReadParams {
+    fn consistency(&self) -> Result<Consistency> {
+        match self.consistency.as_deref() {
+            None | Some("linearizable") => Ok(Consistency::Linearizable),
+            Some("stale") => Ok(Consistency::Stale),
+            Some(other) => Err(ApiError::bad_request(format!("consistency must be linearizable or stale, not {other:?}"))),
+        }
+    }
+}
+
+/// `Authorization: Bearer <api key>` → the key's principal.
+pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthenticated("send Authorization: Bearer <api key>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be `Bearer <api key>`"))?;
+    let digest = *blake3::hash(token.as_bytes()).as_bytes();
+    let lookup = |l: &Ledger| l.api_key_by_digest(&digest).map(|k| (k.id, k.revoked));
+    // A key made a moment ago may not be applied here yet: look again after a read index.
+    let found = match app.read(Consistency::Stale, lookup).await? {
+        Some(k) => Some(k),
+        None => app.read(Consistency::Linearizable, lookup).await?,
+    };
+    match found {
+        Some((id, false)) => Ok(Principal::ApiKey(id)),
+        Some((_, true)) => Err(ApiError::unauthenticated("this API key was revoked")),
+        None => Err(ApiError::unauthenticated("unknown API key")),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    match headers.get(api::IDEMPOTENCY_KEY_HEADER) {
+        None => Ok(None),
+        Some(v) => {
+            let k = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if k.is_empty() || k.len() > limits::MAX_IDEMPOTENCY_KEY_LEN {
+                return Err(ApiError::bad_request("Idempotency-Key must be 1..=128 bytes"));
+            }
+            Ok(Some(k.to_string()))
+        }
+    }
+}
+
+/// Authenticate, propose, and turn a rejection into its problem.
+async fn write(app: &App, headers: &HeaderMap, op: Op) -> Result<Reply> {
+    let principal = authenticate(app, headers).await?;
+    write_as(app, headers, principal, op).await
+}
+
+async fn write_as(app: &App, headers: &HeaderMap, principal: Principal, op: Op) -> Result<Reply> {
+    let key = idempotency_key(headers)?;
+    match app.write(principal, key, op).await? {
+        Outcome::Ok(reply) => Ok(reply),
+        Outcome::Rejected(r) => Err(r.into()),
+    }
+}
+
+fn created<T: serde::Serialize>(v: T) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+fn unexpected(reply: &Reply) -> ApiError {
+    ApiError::internal(format!("unexpected ledger reply {reply:?}"))
+}
+
+// ---------------------------------------------------------------- probes
+
+async fn readyz(State(app): AppState) -> Response {
+    match app.readiness() {
+        Ok(()) => "ready".into_response(),
+        Err(why) => ApiError::unavailable("not_ready", why).into_response(),
+    }
+}
+
+async fn metrics(State(app): AppState) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.render_metrics()).into_response()
+}
+
+// ---------------------------------------------------------------- accounts
+
+async fn create_api_key(State(app): AppState, headers: HeaderMap, Body(b): Body<api::CreateApiKey>) -> Result<Response> {
+    let role = Role::parse(&b.role).ok_or_else(|| ApiError::invalid("role must be buyer, organizer, service or operator"))?;
+    let secret = crate::app::random_key();
+    let key_digest = *blake3::hash(secret.as_bytes()).as_bytes();
+    match write(&app, &headers, Op::CreateApiKey { name: b.name, role, key_digest }).await? {
+        Reply::ApiKeyCreated { key } => Ok(created(api::ApiKeyCreated { key_id: key.to_string(), key: secret })),
+        other => Err(unexpected(&other)),
+    }
+}
+
+// ---------------------------------------------------------------- catalog
+
+async fn create_venue(State(app): AppState, headers: HeaderMap, Body(b): Body<api::CreateVenue>) -> Result<Response> {
+    match write(&app, &headers, venue_op(b)).await? {
+        Reply::VenueCreated { venue, seats, ga_capacity } => {
+            Ok(created(api::VenueCreated { venue_id: venue.to_string(), seats, ga_capacity }))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn get_venue(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::Venue>> {
+    authenticate(&app, &headers).await?;
+    let id: VenueId = parse_id(&id, "venue")?;
+    app.read(q.consistency()?, |l| l.state().venues.get(&id).map(venue_view))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no venue {id}")))
+}
+
+async fn create_event(State(app): AppState, headers: HeaderMap, Body(b): Body<api::CreateEvent>) -> Result<Response> {
+    match write(&app, &headers, event_op(b)).await? {
+        Reply::EventCreated { event } => Ok(created(api::EventCreated { event_id: event.to_string() })),
+        other => Err(unexpected(&other)),
+    }
+}
+
+const MAX_PAGE: usize = 500;
+
+async fn list_events(State(app): AppState, headers: HeaderMap, Query(q): Query<ReadParams>) -> Result<Json<api::EventList>> {
+    authenticate(&app, &headers).await?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!("limit must be 1..={MAX_PAGE}")));
+    }
+    let after: Option<EventId> = match &q.after {
+        Some(a) => Some(a.parse().map_err(|_| ApiError::bad_request("after must be an event id"))?),
+        None => None,
+    };
+    let needle = q.q.as_deref().map(str::to_lowercase);
+    let list = app
+        .read(q.consistency()?, |l| {
+            let range = match after {
+                Some(a) => l.state().events.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                None => l.state().events.range(..),
+            };
+            let mut events: Vec<api::Event> = range
+                .map(|(_, e)| e)
+                .filter(|e| q.category.as_ref().is_none_or(|c| &e.category == c))
+                .filter(|e| {
+                    needle.as_ref().is_none_or(|n| {
+                        e.name.to_lowercase().contains(n) || e.description.to_lowercase().contains(n)
+                    })
+                })
+                .take(limit + 1)
+                .map(|e| event_view(l, e))
+                .collect();
+            let next = (events.len() > limit).then(|| {
+                events.truncate(limit);
+                events.last().map(|e| e.event_id.clone()).unwrap_or_default()
+            });
+            api::EventList { events, next }
+        })
+        .await?;
+    Ok(Json(list))
+}
+
+async fn get_event(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::Event>> {
+    authenticate(&app, &headers).await?;
+    let id: EventId = parse_id(&id, "event")?;
+    app.read(q.consistency()?, |l| l.state().events.get(&id).map(|e| event_view(l, e)))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no event {id}")))
+}
+
+async fn create_performance(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(b): Body<api::CreatePerformance>,
+) -> Result<Response> {
+    let principal = authenticate(&app, &headers).await?;
+    let event: EventId = parse_id(&id, "event")?;
+    let op = app.read(Consistency::Linearizable, |l| performance_op(l, event, b)).await??;
+    match write_as(&app, &headers, principal, op).await? {
+        Reply::PerformanceCreated { performance } => {
+            Ok(created(api::PerformanceCreated { performance_id: performance.to_string() }))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn read_performance(app: &App, id: PerformanceId, c: Consistency) -> Result<api::Performance> {
+    app.read(c, |l| l.state().performances.get(&id).map(|p| performance_view(l, p)))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no performance {id}")))
+}
+
+async fn get_performance(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::Performance>> {
+    authenticate(&app, &headers).await?;
+    Ok(Json(read_performance(&app, parse_id(&id, "performance")?, q.consistency()?).await?))
+}
+
+async fn update_performance(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(b): Body<api::UpdatePerformance>,
+) -> Result<Json<api::Performance>> {
+    let id: PerformanceId = parse_id(&id, "performance")?;
+    write(&app, &headers, status_op(id, &b)?).await?;
+    Ok(Json(read_performance(&app, id, Consistency::Stale).await?))
+}
+
+async fn get_seats(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::SeatMap>> {
+    authenticate(&app, &headers).await?;
+    let id: PerformanceId = parse_id(&id, "performance")?;
+    let section = q.section.clone();
+    app.read(q.consistency()?, |l| match l.state().performances.get(&id) {
+        Some(p) => seat_map(l, p, section.as_deref()),
+        None => Err(ApiError::not_found(format!("no performance {id}"))),
+    })
+    .await?
+    .map(Json)
+}
+
+// ---------------------------------------------------------------- waiting room
+
+async fn join_queue(State(app): AppState, headers: HeaderMap, Path(id): Path<String>) -> Result<Response> {
+    let performance: PerformanceId = parse_id(&id, "performance")?;
+    match write(&app, &headers, Op::JoinQueue { performance }).await? {
+        Reply::QueueJoined { queue, position } => Ok(created(api::QueueJoined { queue_id: queue.to_string(), position })),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn get_queue(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::QueueStatus>> {
+    let principal = authenticate(&app, &headers).await?;
+    let queue: QueueId = parse_id(&id, "queue entry")?;
+    let view = app
+        .read(q.consistency()?, |l| {
+            let (e, position) = l.queue_entry(queue)?;
+            Some((e.buyer, queue_view(queue, e, position)))
+        })
+        .await?;
+    match view {
+        Some((buyer, v)) if buyer == principal || app.is_operator(principal).await? => Ok(Json(v)),
+        Some(_) => Err(ApiError::forbidden("this queue entry is another buyer's")),
+        None => Err(ApiError::not_found(format!("no queue entry {queue}"))),
+    }
+}
+
+// ---------------------------------------------------------------- holds and bookings
+
+async fn create_hold(State(app): AppState, headers: HeaderMap, Body(b): Body<api::CreateHold>) -> Result<Response> {
+    let principal = authenticate(&app, &headers).await?;
+    // Venues never change, so resolving seat names needs no read index unless the
+    // performance is too new to be here yet.
+    let op = match app.read(Consistency::Stale, |l| hold_op(l, &b)).await? {
+        Err(e) if e.code == "not_found" => app.read(Consistency::Linearizable, |l| hold_op(l, &b)).await??,
+        other => other?,
+    };
+    match write_as(&app, &headers, principal, op).await? {
+        Reply::HoldPlaced(r) => {
+            let view = app.read(Consistency::Stale, |l| l.state().holds.get(&r.hold).map(|h| hold_view(l, h))).await?;
+            view.map(created).ok_or_else(|| ApiError::internal("hold placed but not readable"))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// A hold the principal may see: its holder, a service, or an operator.
+async fn visible_hold(app: &App, principal: Principal, id: HoldId, c: Consistency) -> Result<api::Hold> {
+    let found = app.read(c, |l| l.state().holds.get(&id).map(|h| (h.buyer, hold_view(l, h)))).await?;
+    match found {
+        Some((buyer, v)) if buyer == principal || app.is_service_or_operator(principal).await? => Ok(v),
+        Some(_) => Err(ApiError::forbidden("this hold is another buyer's")),
+        None => Err(ApiError::not_found(format!("no hold {id} (holds are forgotten an hour after they end)"))),
+    }
+}
+
+async fn get_hold(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::Hold>> {
+    let principal = authenticate(&app, &headers).await?;
+    Ok(Json(visible_hold(&app, principal, parse_id(&id, "hold")?, q.consistency()?).await?))
+}
+
+async fn release_hold(State(app): AppState, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<api::Hold>> {
+    let principal = authenticate(&app, &headers).await?;
+    let hold: HoldId = parse_id(&id, "hold")?;
+    write_as(&app, &headers, principal, Op::ReleaseHold { hold }).await?;
+    Ok(Json(visible_hold(&app, principal, hold, Consistency::Stale).await?))
+}
+
+async fn extend_hold(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Body(b): Body<api::ExtendHold>) -> Result<Json<api::Hold>> {
+    let principal = authenticate(&app, &headers).await?;
+    let hold: HoldId = parse_id(&id, "hold")?;
+    write_as(&app, &headers, principal, Op::ExtendHold { hold, payment_ref: b.payment_ref }).await?;
+    Ok(Json(visible_hold(&app, principal, hold, Consistency::Stale).await?))
+}
+
+async fn confirm_hold(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Body(b): Body<api::ConfirmHold>) -> Result<Response> {
+    let hold: HoldId = parse_id(&id, "hold")?;
+    let principal = authenticate(&app, &headers).await?;
+    let quantity = app.read(Consistency::Stale, |l| l.state().holds.get(&hold).map(|h| h.quantity())).await?;
+    let codes = (0..quantity.unwrap_or(0)).map(|_| rand::random::<CheckInCode>()).collect();
+    match write_as(&app, &headers, principal, Op::ConfirmHold { hold, payment_ref: b.payment_ref, codes }).await? {
+        Reply::BookingConfirmed(r) => {
+            let view = app.read(Consistency::Stale, |l| l.state().bookings.get(&r.booking).map(|b| booking_view(l, b))).await?;
+            view.map(created).ok_or_else(|| ApiError::internal("booking confirmed but not readable"))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn get_booking(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::Booking>> {
+    let principal = authenticate(&app, &headers).await?;
+    let id: BookingId = parse_id(&id, "booking")?;
+    let found = app.read(q.consistency()?, |l| l.state().bookings.get(&id).map(|b| (b.buyer, booking_view(l, b)))).await?;
+    match found {
+        Some((buyer, v)) if buyer == principal || app.is_service_or_operator(principal).await? => Ok(Json(v)),
+        Some(_) => Err(ApiError::forbidden("this booking is another buyer's")),
+        None => Err(ApiError::not_found(format!("no booking {id}"))),
+    }
+}
+
+async fn refund_booking(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, body: axum::body::Bytes) -> Result<Json<api::Refunded>> {
+    let booking: BookingId = parse_id(&id, "booking")?;
+    // The body is optional: none refunds the whole booking.
+    let b: api::RefundRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        api::RefundRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))?
+    };
+    let mut tickets = Vec::with_capacity(b.tickets.len());
+    for t in &b.tickets {
+        tickets.push(t.parse::<TicketId>().map_err(|_| ApiError::invalid(format!("{t:?} is not a ticket id")))?);
+    }
+    let refund_ref = b.refund_ref.unwrap_or_else(|| format!("refund-{}", crate::app::random_key()));
+    match write(&app, &headers, Op::Refund { booking, tickets, refund_ref }).await? {
+        Reply::Refunded { amount, tickets } => Ok(Json(api::Refunded {
+            booking_id: booking.to_string(),
+            tickets: tickets.iter().map(|t| t.to_string()).collect(),
+            amount_minor: amount.amount_minor,
+            currency: amount.currency.to_string(),
+        })),
+        other => Err(unexpected(&other)),
+    }
+}
