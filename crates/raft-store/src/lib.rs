@@ -93,12 +93,20 @@ pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the data directory {path} is in use by another process (RocksDB lock held); stop it or use another --data-dir")]
+    #[error(
+        "the data directory {path} is in use by another process (RocksDB lock held); stop it or use another --data-dir"
+    )]
     Locked { path: PathBuf },
     #[error("cannot open the data directory {path}: {detail}")]
     Unreadable { path: PathBuf, detail: String },
-    #[error("the data directory {path} was written by a newer ticketd (format {found}, this build reads {supported}); upgrade ticketd")]
-    NewerFormat { path: PathBuf, found: u32, supported: u32 },
+    #[error(
+        "the data directory {path} was written by a newer ticketd (format {found}, this build reads {supported}); upgrade ticketd"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("snapshot directory {path}: {detail}")]
     Snapshots { path: PathBuf, detail: String },
 }

@@ -3,7 +3,9 @@
 use crate::{ENTRY_FORMAT_VERSION, LogId, StoreError, TypeConfig};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::type_config::alias::{EntryOf, VoteOf};
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use std::fmt::Debug;
 use std::io;
@@ -37,7 +39,12 @@ fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("corrupt log record: {e}")))
+    postcard::from_bytes(b).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("corrupt log record: {e}"),
+        )
+    })
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -46,8 +53,10 @@ fn key(index: u64) -> [u8; 8] {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<LogStore, StoreError> {
-        std::fs::create_dir_all(path)
-            .map_err(|e| StoreError::Unreadable { path: path.to_path_buf(), detail: e.to_string() })?;
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Unreadable {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -55,23 +64,44 @@ impl LogStore {
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
             let text = e.to_string();
             if text.contains("lock") {
-                StoreError::Locked { path: path.to_path_buf() }
+                StoreError::Locked {
+                    path: path.to_path_buf(),
+                }
             } else {
-                StoreError::Unreadable { path: path.to_path_buf(), detail: text }
+                StoreError::Unreadable {
+                    path: path.to_path_buf(),
+                    detail: text,
+                }
             }
         })?;
         let meta = db.cf_handle(CF_META).expect("created above");
-        match db.get_cf(meta, KEY_FORMAT).map_err(|e| StoreError::Unreadable { path: path.to_path_buf(), detail: e.to_string() })? {
+        match db
+            .get_cf(meta, KEY_FORMAT)
+            .map_err(|e| StoreError::Unreadable {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })? {
             None => {
                 let mut w = WriteOptions::default();
                 w.set_sync(true);
                 db.put_cf_opt(meta, KEY_FORMAT, ENTRY_FORMAT_VERSION.to_le_bytes(), &w)
-                    .map_err(|e| StoreError::Unreadable { path: path.to_path_buf(), detail: e.to_string() })?;
+                    .map_err(|e| StoreError::Unreadable {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    })?;
             }
             Some(v) => {
-                let found = v.as_slice().try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
+                let found = v
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .unwrap_or(u32::MAX);
                 if found > ENTRY_FORMAT_VERSION {
-                    return Err(StoreError::NewerFormat { path: path.to_path_buf(), found, supported: ENTRY_FORMAT_VERSION });
+                    return Err(StoreError::NewerFormat {
+                        path: path.to_path_buf(),
+                        found,
+                        supported: ENTRY_FORMAT_VERSION,
+                    });
                 }
             }
         }
@@ -81,7 +111,10 @@ impl LogStore {
         std::thread::Builder::new()
             .name("raft-log-flusher".into())
             .spawn(move || flusher(flush_db, rx))
-            .map_err(|e| StoreError::Unreadable { path: path.to_path_buf(), detail: format!("spawning the flusher: {e}") })?;
+            .map_err(|e| StoreError::Unreadable {
+                path: path.to_path_buf(),
+                detail: format!("spawning the flusher: {e}"),
+            })?;
         Ok(LogStore { db, flusher: tx })
     }
 
@@ -144,11 +177,17 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
 }
 
 impl RaftLogReader<C> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> io::Result<Vec<EntryOf<C>>> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<EntryOf<C>>> {
         let (start, end) = bounds(&range);
         let cf = self.db.cf_handle(CF_LOGS).expect("cf exists");
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&key(start), Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&key(start), Direction::Forward))
+        {
             let (k, v) = item.map_err(io_err)?;
             let index = u64::from_be_bytes(k.as_ref().try_into().map_err(io_err)?);
             if end.is_some_and(|e| index >= e) {
@@ -169,8 +208,13 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<C>> {
         let last_purged_log_id: Option<LogId> = self.meta_get(KEY_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        let last_log_id = self
+            .last_entry_log_id()?
+            .or_else(|| last_purged_log_id.clone());
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -202,7 +246,9 @@ impl RaftLogStorage<C> for LogStore {
         }
         // Not synced here: the flusher syncs once for every append waiting.
         self.db.write(batch).map_err(io_err)?;
-        self.flusher.send(callback).map_err(|_| io_err("the log flusher stopped"))
+        self.flusher
+            .send(callback)
+            .map_err(|_| io_err("the log flusher stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {

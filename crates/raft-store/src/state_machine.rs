@@ -1,11 +1,11 @@
 //! The ledger as openraft's state machine, with snapshot files.
 
 use crate::{LogId, Response, SnapshotData, StoreError, TypeConfig};
+use futures::StreamExt;
 use ledger::Ledger;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, StoredMembership};
-use futures::StreamExt;
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -45,7 +45,12 @@ impl LedgerHandle {
         f(&self.inner.read().expect("ledger lock poisoned").ledger)
     }
     pub fn last_applied_index(&self) -> u64 {
-        self.inner.read().expect("ledger lock poisoned").last_applied.as_ref().map_or(0, |l| l.index)
+        self.inner
+            .read()
+            .expect("ledger lock poisoned")
+            .last_applied
+            .as_ref()
+            .map_or(0, |l| l.index)
     }
 }
 
@@ -66,7 +71,10 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 fn file_name(meta: &Meta) -> String {
-    let (term, index) = meta.last_log_id.as_ref().map_or((0, 0), |l| (l.leader_id.term, l.index));
+    let (term, index) = meta
+        .last_log_id
+        .as_ref()
+        .map_or((0, 0), |l| (l.leader_id.term, l.index));
     format!("snap-{index:020}-{term:010}.bin")
 }
 
@@ -92,7 +100,9 @@ fn decode_file(bytes: &[u8]) -> Result<(Meta, Ledger, Vec<u8>), String> {
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != FILE_VERSION {
-        return Err(format!("snapshot file format {version} is not supported (this build reads {FILE_VERSION})"));
+        return Err(format!(
+            "snapshot file format {version} is not supported (this build reads {FILE_VERSION})"
+        ));
     }
     let meta_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let rest = &bytes[52..];
@@ -123,7 +133,11 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 fn snapshot_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("snap-") && n.ends_with(".bin")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("snap-") && n.ends_with(".bin"))
+        })
         .collect();
     files.sort();
     files.reverse();
@@ -134,11 +148,20 @@ impl StateMachineStore {
     /// Open the snapshot directory and load the newest valid snapshot (a damaged newest one is
     /// reported and the previous one used); openraft replays the log after it.
     pub fn open(dir: &Path) -> Result<StateMachineStore, StoreError> {
-        let err = |detail: String| StoreError::Snapshots { path: dir.to_path_buf(), detail };
+        let err = |detail: String| StoreError::Snapshots {
+            path: dir.to_path_buf(),
+            detail,
+        };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        let mut inner = Inner { ledger: Ledger::new(), last_applied: None, membership: StoredMembership::default(), current: None };
+        let mut inner = Inner {
+            ledger: Ledger::new(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            current: None,
+        };
         for path in snapshot_files(dir).map_err(|e| err(e.to_string()))? {
-            let bytes = std::fs::read(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+            let bytes =
+                std::fs::read(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
             match decode_file(&bytes) {
                 Ok((meta, ledger, ledger_bytes)) => {
                     tracing::info!(snapshot = %path.display(), last_log = ?meta.last_log_id, "loaded snapshot");
@@ -153,18 +176,26 @@ impl StateMachineStore {
                 }
             }
         }
-        Ok(StateMachineStore { inner: Arc::new(RwLock::new(inner)), dir: dir.to_path_buf() })
+        Ok(StateMachineStore {
+            inner: Arc::new(RwLock::new(inner)),
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn ledger_handle(&self) -> LedgerHandle {
-        LedgerHandle { inner: self.inner.clone() }
+        LedgerHandle {
+            inner: self.inner.clone(),
+        }
     }
 
     fn persist(&self, meta: &Meta, ledger_bytes: &[u8]) -> io::Result<()> {
         let file = encode_file(meta, ledger_bytes)?;
         let name = file_name(meta);
         write_atomically(&self.dir, &name, &file)?;
-        for old in snapshot_files(&self.dir)?.into_iter().skip(SNAPSHOTS_KEPT + 1) {
+        for old in snapshot_files(&self.dir)?
+            .into_iter()
+            .skip(SNAPSHOTS_KEPT + 1)
+        {
             let _ = std::fs::remove_file(old);
         }
         Ok(())
@@ -177,15 +208,25 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<C, SnapshotData>> {
         let (meta, bytes) = {
             let g = self.inner.read().expect("ledger lock poisoned");
-            let meta = Meta { last_log_id: g.last_applied.clone(), last_membership: g.membership.clone() };
+            let meta = Meta {
+                last_log_id: g.last_applied.clone(),
+                last_membership: g.membership.clone(),
+            };
             (meta, g.ledger.snapshot())
         };
         // Assert in pairs: what we write must be what we can read back.
-        debug_assert!(Ledger::restore(&bytes).is_ok(), "a fresh snapshot does not restore");
+        debug_assert!(
+            Ledger::restore(&bytes).is_ok(),
+            "a fresh snapshot does not restore"
+        );
         self.persist(&meta, &bytes)?;
         let bytes = Arc::new(bytes);
-        self.inner.write().expect("ledger lock poisoned").current = Some((meta.clone(), bytes.clone()));
-        Ok(SnapshotOf::<C, SnapshotData> { meta, snapshot: Cursor::new(bytes.to_vec()) })
+        self.inner.write().expect("ledger lock poisoned").current =
+            Some((meta.clone(), bytes.clone()));
+        Ok(SnapshotOf::<C, SnapshotData> {
+            meta,
+            snapshot: Cursor::new(bytes.to_vec()),
+        })
     }
 }
 
@@ -222,7 +263,9 @@ impl RaftStateMachine<C> for StateMachineStore {
                 for (entry, responder) in batch {
                     let index = entry.log_id.index;
                     let outcome = match entry.payload {
-                        EntryPayload::Normal(crate::Request::Command(cmd)) => Some(g.ledger.apply(index, cmd)),
+                        EntryPayload::Normal(crate::Request::Command(cmd)) => {
+                            Some(g.ledger.apply(index, cmd))
+                        }
                         EntryPayload::Membership(m) => {
                             g.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
                             skip(&mut g.ledger, index);
@@ -252,7 +295,8 @@ impl RaftStateMachine<C> for StateMachineStore {
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: SnapshotData) -> io::Result<()> {
         let bytes = snapshot.into_inner();
-        let ledger = Ledger::restore(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let ledger = Ledger::restore(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         self.persist(meta, &bytes)?;
         let mut g = self.inner.write().expect("ledger lock poisoned");
         g.ledger = ledger;
@@ -264,9 +308,11 @@ impl RaftStateMachine<C> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<C, SnapshotData>>> {
         let g = self.inner.read().expect("ledger lock poisoned");
-        Ok(g.current.as_ref().map(|(meta, bytes)| SnapshotOf::<C, SnapshotData> {
-            meta: meta.clone(),
-            snapshot: Cursor::new(bytes.to_vec()),
-        }))
+        Ok(g.current
+            .as_ref()
+            .map(|(meta, bytes)| SnapshotOf::<C, SnapshotData> {
+                meta: meta.clone(),
+                snapshot: Cursor::new(bytes.to_vec()),
+            }))
     }
 }

@@ -2,7 +2,9 @@
 
 use futures::stream;
 use ledger::*;
-use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{
+    IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
+};
 use openraft::testing::log_id;
 use openraft::type_config::alias::EntryOf;
 use openraft::{Entry, EntryPayload};
@@ -19,39 +21,87 @@ fn commands(n: usize) -> Vec<ledger::Command> {
     let sys = Principal::System;
     let op_key = Principal::ApiKey(ApiKeyId(1));
     let mut v = vec![
-        ledger::Command::new(T0, sys, Op::Bootstrap { operator_key_digest: [1; 32], token_secret: [2; 32] }),
-        ledger::Command::new(T0, op_key, Op::CreateVenue {
-            name: "Arena".into(),
-            sections: vec![SectionSpec::Seated {
-                name: "A".into(),
-                rows: (0..100).map(|r| RowSpec { label: r.to_string(), seats: 100 }).collect(),
-            }],
-        }),
-        ledger::Command::new(T0, op_key, Op::CreateEvent { name: "Show".into(), category: "music".into(), description: String::new(), media: vec![] }),
-        ledger::Command::new(T0, op_key, Op::CreatePerformance(PerformanceSpec {
-            event: EventId(3),
-            venue: VenueId(2),
-            starts_at_ms: T0 + 1_000_000_000,
-            on_sale_at_ms: 0,
-            sale_ends_at_ms: u64::MAX,
-            hold_ttl_ms: 600_000,
-            payment_grace_ms: 0,
-            max_seats_per_order: 4,
-            categories: vec!["adult".into()],
-            prices: vec![PriceSpec { section: SectionIdx(0), category: CategoryIdx(0), price: Money { amount_minor: 5000, currency: Currency::parse("EUR").unwrap() } }],
-            waiting_room: None,
-        })),
-        ledger::Command::new(T0, op_key, Op::SetSaleStatus { performance: PerformanceId(4), status: SaleStatus::OnSale, seed: None }),
+        ledger::Command::new(
+            T0,
+            sys,
+            Op::Bootstrap {
+                operator_key_digest: [1; 32],
+                token_secret: [2; 32],
+            },
+        ),
+        ledger::Command::new(
+            T0,
+            op_key,
+            Op::CreateVenue {
+                name: "Arena".into(),
+                sections: vec![SectionSpec::Seated {
+                    name: "A".into(),
+                    rows: (0..100)
+                        .map(|r| RowSpec {
+                            label: r.to_string(),
+                            seats: 100,
+                        })
+                        .collect(),
+                }],
+            },
+        ),
+        ledger::Command::new(
+            T0,
+            op_key,
+            Op::CreateEvent {
+                name: "Show".into(),
+                category: "music".into(),
+                description: String::new(),
+                media: vec![],
+            },
+        ),
+        ledger::Command::new(
+            T0,
+            op_key,
+            Op::CreatePerformance(PerformanceSpec {
+                event: EventId(3),
+                venue: VenueId(2),
+                starts_at_ms: T0 + 1_000_000_000,
+                on_sale_at_ms: 0,
+                sale_ends_at_ms: u64::MAX,
+                hold_ttl_ms: 600_000,
+                payment_grace_ms: 0,
+                max_seats_per_order: 4,
+                categories: vec!["adult".into()],
+                prices: vec![PriceSpec {
+                    section: SectionIdx(0),
+                    category: CategoryIdx(0),
+                    price: Money {
+                        amount_minor: 5000,
+                        currency: Currency::parse("EUR").unwrap(),
+                    },
+                }],
+                waiting_room: None,
+            }),
+        ),
+        ledger::Command::new(
+            T0,
+            op_key,
+            Op::SetSaleStatus {
+                performance: PerformanceId(4),
+                status: SaleStatus::OnSale,
+                seed: None,
+            },
+        ),
     ];
     let mut i = 0u32;
     while v.len() < n {
         let user = v.len() as u64;
-        v.push(ledger::Command::new(T0 + u64::from(i), sys, Op::CreateUser {
-            email: format!("b{i}@x.io"),
-            name: "B".into(),
-            password_hash: vec![1],
-            role: Role::Buyer,
-        }));
+        v.push(ledger::Command::new(
+            T0 + u64::from(i),
+            sys,
+            Op::CreateUser {
+                email: format!("b{i}@x.io"),
+                name: "B".into(),
+                password_hash: vec![1],
+                role: Role::Buyer,
+            },
+        ));
         let _ = user;
         i += 1;
     }
@@ -60,14 +110,24 @@ fn commands(n: usize) -> Vec<ledger::Command> {
 
 /// Commands after the users: holds of 2 seats by user `u` (ids are assigned in order).
 fn hold(buyer: u64, seat: u32, at: u64) -> ledger::Command {
-    ledger::Command::new(at, Principal::User(UserId(buyer)), Op::PlaceHold {
-        performance: PerformanceId(4),
-        what: HoldRequest::Seats(vec![(SeatIdx(seat), CategoryIdx(0)), (SeatIdx(seat + 1), CategoryIdx(0))]),
-    })
+    ledger::Command::new(
+        at,
+        Principal::User(UserId(buyer)),
+        Op::PlaceHold {
+            performance: PerformanceId(4),
+            what: HoldRequest::Seats(vec![
+                (SeatIdx(seat), CategoryIdx(0)),
+                (SeatIdx(seat + 1), CategoryIdx(0)),
+            ]),
+        },
+    )
 }
 
 fn entry(index: u64, cmd: ledger::Command) -> EntryOf<C> {
-    Entry { log_id: log_id::<C>(1, 1, index), payload: EntryPayload::Normal(Request::Command(cmd)) }
+    Entry {
+        log_id: log_id::<C>(1, 1, index),
+        payload: EntryPayload::Normal(Request::Command(cmd)),
+    }
 }
 
 /// The workload as log entries, starting at index 1.
@@ -78,12 +138,18 @@ fn workload(n_users: usize, n_holds: u64) -> Vec<EntryOf<C>> {
         let buyer = 6 + (k % n_users as u64);
         cmds.push(hold(buyer, (k as u32) * 2, T0 + 10_000 + k));
     }
-    cmds.into_iter().enumerate().map(|(i, c)| entry(i as u64 + 1, c)).collect()
+    cmds.into_iter()
+        .enumerate()
+        .map(|(i, c)| entry(i as u64 + 1, c))
+        .collect()
 }
 
 async fn append_flushed(log: &mut LogStore, entries: Vec<EntryOf<C>>) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    log.append(entries, IOFlushed::signal(tx)).await.expect("append");
+    use openraft::type_config::async_runtime::Oneshot;
+    let (tx, rx) = <openraft::impls::TokioRuntime as openraft::AsyncRuntime>::Oneshot::channel();
+    log.append(entries, IOFlushed::signal(tx))
+        .await
+        .expect("append");
     rx.await.expect("flush callback").expect("flushed");
 }
 
@@ -132,17 +198,26 @@ async fn damaged_newest_snapshot_falls_back_to_the_previous() {
     sm.build_snapshot().await.unwrap();
     drop(sm);
     let snaps = dir.path().join("snapshots");
-    let mut files: Vec<_> = std::fs::read_dir(&snaps).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 2);
     // Truncate the newest: refused, the older one is used.
     let newest = files.last().unwrap().clone();
     let len = std::fs::metadata(&newest).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
     f.set_len(len / 2).unwrap();
     let sm = StateMachineStore::open(&snaps).unwrap();
     let mut sm2 = sm.clone();
-    assert_eq!(sm2.applied_state().await.unwrap().0.map(|l| l.index), Some(30));
+    assert_eq!(
+        sm2.applied_state().await.unwrap().0.map(|l| l.index),
+        Some(30)
+    );
     // Flip one byte of the older one too: nothing valid remains, the store starts empty.
     let older = &files[0];
     let mut bytes = std::fs::read(older).unwrap();
@@ -171,7 +246,9 @@ async fn received_snapshots_are_validated_before_install() {
     // Install into a fresh store gives the same state.
     let dir2 = tempfile::tempdir().unwrap();
     let (_l2, mut sm2) = raft_store::open(dir2.path()).unwrap();
-    sm2.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    sm2.install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
     assert_eq!(hash(&sm2), hash(&sm));
 }
 
@@ -179,13 +256,19 @@ async fn received_snapshots_are_validated_before_install() {
 fn a_locked_directory_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let _first = raft_store::open(dir.path()).unwrap();
-    let err = raft_store::open(dir.path()).err().expect("second open fails").to_string();
+    let err = raft_store::open(dir.path())
+        .err()
+        .expect("second open fails")
+        .to_string();
     assert!(err.contains("in use by another process"), "{err}");
 }
 
 /// The child half of the kill -9 test: append batches forever, printing each flushed index.
 fn crash_child(dir: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (mut log, _sm) = raft_store::open(dir).unwrap();
         let entries = workload(200, 20_000);
@@ -207,7 +290,12 @@ fn kill_9_mid_append_loses_no_acknowledged_entry() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut child = Proc::new(exe)
-        .args(["--exact", "kill_9_mid_append_loses_no_acknowledged_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "kill_9_mid_append_loses_no_acknowledged_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("RAFT_STORE_CRASH_CHILD", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -233,8 +321,16 @@ fn kill_9_mid_append_loses_no_acknowledged_entry() {
     rt.block_on(async {
         let (mut log, _sm) = raft_store::open(dir.path()).unwrap();
         let stored = log.try_get_log_entries(1..).await.unwrap();
-        assert!(stored.len() as u64 >= acked, "acked {acked} entries but only {} survived", stored.len());
+        assert!(
+            stored.len() as u64 >= acked,
+            "acked {acked} entries but only {} survived",
+            stored.len()
+        );
         let expected = workload(200, 20_000);
-        assert_eq!(&stored[..], &expected[..stored.len()], "surviving entries are a prefix of what was written");
+        assert_eq!(
+            &stored[..],
+            &expected[..stored.len()],
+            "surviving entries are a prefix of what was written"
+        );
     });
 }
