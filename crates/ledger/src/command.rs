@@ -21,7 +21,12 @@ pub struct Command {
 
 impl Command {
     pub fn new(stamp_ms: u64, principal: Principal, op: Op) -> Command {
-        Command { stamp_ms, principal, idempotency_key: None, op }
+        Command {
+            stamp_ms,
+            principal,
+            idempotency_key: None,
+            op,
+        }
     }
     pub fn with_key(mut self, key: impl Into<String>) -> Command {
         self.idempotency_key = Some(key.into());
@@ -32,42 +37,103 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Creates the first operator API key and the cluster's token-signing secret. Once only.
-    Bootstrap { operator_key_digest: Digest32, token_secret: Digest32 },
+    Bootstrap {
+        operator_key_digest: Digest32,
+        token_secret: Digest32,
+    },
     /// Advances the clock; expires holds and admissions; admits from waiting rooms.
     Tick,
 
     /// Signup (role buyer) or, by an operator, an account of any role.
-    CreateUser { email: String, name: String, password_hash: Vec<u8>, role: Role },
+    CreateUser {
+        email: String,
+        name: String,
+        password_hash: Vec<u8>,
+        role: Role,
+    },
     /// An operator creates an API key; the key is a principal of its own with that role.
-    CreateApiKey { name: String, role: Role, key_digest: Digest32 },
-    RevokeApiKey { key: ApiKeyId },
+    CreateApiKey {
+        name: String,
+        role: Role,
+        key_digest: Digest32,
+    },
+    RevokeApiKey {
+        key: ApiKeyId,
+    },
 
-    CreateVenue { name: String, sections: Vec<SectionSpec> },
-    CreateEvent { name: String, category: String, description: String, media: Vec<MediaItem> },
-    UpdateEvent { event: EventId, name: String, category: String, description: String, media: Vec<MediaItem> },
+    CreateVenue {
+        name: String,
+        sections: Vec<SectionSpec>,
+    },
+    CreateEvent {
+        name: String,
+        category: String,
+        description: String,
+        media: Vec<MediaItem>,
+    },
+    UpdateEvent {
+        event: EventId,
+        name: String,
+        category: String,
+        description: String,
+        media: Vec<MediaItem>,
+    },
     CreatePerformance(PerformanceSpec),
     /// Change the sale status. Opening a sale with a waiting room reveals its seed.
-    SetSaleStatus { performance: PerformanceId, status: SaleStatus, seed: Option<Digest32> },
+    SetSaleStatus {
+        performance: PerformanceId,
+        status: SaleStatus,
+        seed: Option<Digest32>,
+    },
     /// The organizer blocks or unblocks seats (house seats, broken seats).
-    SetSeatsBlocked { performance: PerformanceId, seats: Vec<SeatIdx>, blocked: bool },
+    SetSeatsBlocked {
+        performance: PerformanceId,
+        seats: Vec<SeatIdx>,
+        blocked: bool,
+    },
 
     /// Join the waiting room of a performance (one entry per buyer).
-    JoinQueue { performance: PerformanceId },
+    JoinQueue {
+        performance: PerformanceId,
+    },
 
-    PlaceHold { performance: PerformanceId, what: HoldRequest },
-    ReleaseHold { hold: HoldId },
+    PlaceHold {
+        performance: PerformanceId,
+        what: HoldRequest,
+    },
+    ReleaseHold {
+        hold: HoldId,
+    },
     /// Extend a live hold once, into the performance's payment grace period.
-    ExtendHold { hold: HoldId, payment_ref: String },
+    ExtendHold {
+        hold: HoldId,
+        payment_ref: String,
+    },
     /// Turn a live hold into a booking; one random check-in code per ticket.
-    ConfirmHold { hold: HoldId, payment_ref: String, codes: Vec<CheckInCode> },
+    ConfirmHold {
+        hold: HoldId,
+        payment_ref: String,
+        codes: Vec<CheckInCode>,
+    },
     /// The written rule for a payment that lands after its hold expired: book the same seats
     /// if every one is still free, else reject (and the payment service refunds at once).
     /// Only for a hold that was extended into checkout with this `payment_ref`.
-    ConfirmLate { hold: HoldId, payment_ref: String, codes: Vec<CheckInCode> },
+    ConfirmLate {
+        hold: HoldId,
+        payment_ref: String,
+        codes: Vec<CheckInCode>,
+    },
     /// Refund a whole booking (`tickets` empty) or some of its tickets.
-    Refund { booking: BookingId, tickets: Vec<TicketId>, refund_ref: String },
+    Refund {
+        booking: BookingId,
+        tickets: Vec<TicketId>,
+        refund_ref: String,
+    },
     /// Mark a ticket used at the door; a code is used exactly once.
-    CheckIn { performance: PerformanceId, code: CheckInCode },
+    CheckIn {
+        performance: PerformanceId,
+        code: CheckInCode,
+    },
 }
 
 impl Op {
@@ -100,8 +166,14 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SectionSpec {
     /// Rows of seats numbered 1..=seats.
-    Seated { name: String, rows: Vec<RowSpec> },
-    GeneralAdmission { name: String, capacity: u32 },
+    Seated {
+        name: String,
+        rows: Vec<RowSpec>,
+    },
+    GeneralAdmission {
+        name: String,
+        capacity: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,5 +249,9 @@ pub enum HoldRequest {
     /// Named seats, each with its ticket category.
     Seats(Vec<(SeatIdx, CategoryIdx)>),
     /// A quantity of general-admission places in one section.
-    GeneralAdmission { section: SectionIdx, quantity: u16, category: CategoryIdx },
+    GeneralAdmission {
+        section: SectionIdx,
+        quantity: u16,
+        category: CategoryIdx,
+    },
 }

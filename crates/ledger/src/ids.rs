@@ -209,7 +209,10 @@ mod tests {
         assert_eq!("h_42".parse::<HoldId>(), Ok(HoldId(42)));
         assert_eq!(HoldId(42).to_string(), "h_42");
         assert!("h_x".parse::<HoldId>().is_err());
-        let q = QueueId { performance: PerformanceId(3), join_index: 9 };
+        let q = QueueId {
+            performance: PerformanceId(3),
+            join_index: 9,
+        };
         assert_eq!(q.to_string().parse::<QueueId>(), Ok(q));
         assert!("q_3".parse::<QueueId>().is_err());
     }

@@ -30,14 +30,23 @@ impl Ledger {
         let mut expiry = BTreeSet::new();
         let mut held: HashMap<(PerformanceId, u16), u32> = HashMap::new();
         for (id, h) in &s.holds {
-            ensure!(*id == h.id && id.0 < s.next_id, "hold {id} keyed or numbered wrongly");
+            ensure!(
+                *id == h.id && id.0 < s.next_id,
+                "hold {id} keyed or numbered wrongly"
+            );
             let Some(perf) = s.performances.get(&h.performance) else {
-                return Err(InvariantViolation(format!("hold {id} names a missing performance")));
+                return Err(InvariantViolation(format!(
+                    "hold {id} names a missing performance"
+                )));
             };
             if h.state != HoldState::Live {
                 continue;
             }
-            ensure!(h.expires_at_ms > now, "live hold {id} expired at {} but clock is {now}", h.expires_at_ms);
+            ensure!(
+                h.expires_at_ms > now,
+                "live hold {id} expired at {} but clock is {now}",
+                h.expires_at_ms
+            );
             ensure!(h.quantity() > 0, "live hold {id} holds nothing");
             expiry.insert((h.expires_at_ms, *id));
             *live_per_buyer.entry((h.performance, h.buyer)).or_default() += 1;
@@ -45,7 +54,11 @@ impl Ledger {
             let mut amount = 0;
             for &(seat, cat) in &h.seats {
                 let cell = perf.seats.get(seat.0 as usize).map(|c| c.get());
-                ensure!(cell == Some(SeatState::Held(*id)), "hold {id} lists seat {} in state {cell:?}", seat.0);
+                ensure!(
+                    cell == Some(SeatState::Held(*id)),
+                    "hold {id} lists seat {} in state {cell:?}",
+                    seat.0
+                );
                 let sec = venue.section_of(seat).expect("seat in a section");
                 *held.entry((h.performance, sec.0)).or_default() += 1;
                 amount += perf.price(sec, cat).unwrap_or(u64::MAX / 4);
@@ -54,10 +67,20 @@ impl Ledger {
                 *held.entry((h.performance, sec.0)).or_default() += u32::from(q);
                 amount += perf.price(sec, cat).unwrap_or(u64::MAX / 4) * u64::from(q);
             }
-            ensure!(amount == h.amount.amount_minor, "hold {id} amount {} != priced {amount}", h.amount.amount_minor);
+            ensure!(
+                amount == h.amount.amount_minor,
+                "hold {id} amount {} != priced {amount}",
+                h.amount.amount_minor
+            );
         }
-        ensure!(expiry == s.hold_expiry, "hold expiry index disagrees with live holds");
-        ensure!(live_per_buyer == self.ix.live_holds, "per-buyer live hold counts disagree");
+        ensure!(
+            expiry == s.hold_expiry,
+            "hold expiry index disagrees with live holds"
+        );
+        ensure!(
+            live_per_buyer == self.ix.live_holds,
+            "per-buyer live hold counts disagree"
+        );
         ensure!(
             self.ix.live_hold_count == s.hold_expiry.len(),
             "live hold count {} != {}",
@@ -65,9 +88,16 @@ impl Ledger {
             s.hold_expiry.len()
         );
         let ended: BTreeSet<HoldId> = s.ended_holds.iter().map(|e| e.1).collect();
-        let not_live: BTreeSet<HoldId> =
-            s.holds.values().filter(|h| h.state != HoldState::Live).map(|h| h.id).collect();
-        ensure!(ended == not_live && ended.len() == s.ended_holds.len(), "ended-hold retention list disagrees");
+        let not_live: BTreeSet<HoldId> = s
+            .holds
+            .values()
+            .filter(|h| h.state != HoldState::Live)
+            .map(|h| h.id)
+            .collect();
+        ensure!(
+            ended == not_live && ended.len() == s.ended_holds.len(),
+            "ended-hold retention list disagrees"
+        );
 
         // Bookings: valid tickets own their seats; revenue is the sum of valid tickets.
         let mut sold: HashMap<(PerformanceId, u16), u32> = HashMap::new();
@@ -76,7 +106,9 @@ impl Ledger {
         for (id, b) in &s.bookings {
             ensure!(*id == b.id, "booking {id} keyed wrongly");
             let Some(perf) = s.performances.get(&b.performance) else {
-                return Err(InvariantViolation(format!("booking {id} names a missing performance")));
+                return Err(InvariantViolation(format!(
+                    "booking {id} names a missing performance"
+                )));
             };
             let mut refunded = 0;
             let mut total = 0;
@@ -96,35 +128,61 @@ impl Ledger {
                 *revenue.entry(b.performance).or_default() += t.price_minor;
                 if let Some(seat) = t.seat {
                     let cell = perf.seats.get(seat.0 as usize).map(|c| c.get());
-                    ensure!(cell == Some(SeatState::Sold(*id)), "booking {id} seat {} in state {cell:?}", seat.0);
+                    ensure!(
+                        cell == Some(SeatState::Sold(*id)),
+                        "booking {id} seat {} in state {cell:?}",
+                        seat.0
+                    );
                 }
             }
-            ensure!(refunded == b.refunded_minor, "booking {id} refunded {} != {refunded}", b.refunded_minor);
-            ensure!(total == b.amount.amount_minor, "booking {id} amount {} != {total}", b.amount.amount_minor);
+            ensure!(
+                refunded == b.refunded_minor,
+                "booking {id} refunded {} != {refunded}",
+                b.refunded_minor
+            );
+            ensure!(
+                total == b.amount.amount_minor,
+                "booking {id} amount {} != {total}",
+                b.amount.amount_minor
+            );
             let hold = s.holds.get(&b.hold);
             ensure!(
                 hold.is_none_or(|h| h.state == HoldState::Confirmed(*id)),
                 "booking {id}'s hold is not confirmed into it"
             );
         }
-        ensure!(codes == self.ix.ticket_by_code.len(), "check-in code index has extra codes");
+        ensure!(
+            codes == self.ix.ticket_by_code.len(),
+            "check-in code index has extra codes"
+        );
 
         // Seats: every held or sold cell points at its owner; section counts add up.
         for (pid, perf) in &s.performances {
             let venue = &s.venues[&perf.venue];
-            ensure!(perf.seats.len() == venue.seats as usize, "performance {pid} seat count differs from venue");
-            ensure!(perf.sections.len() == venue.sections.len(), "performance {pid} section count differs");
+            ensure!(
+                perf.seats.len() == venue.seats as usize,
+                "performance {pid} seat count differs from venue"
+            );
+            ensure!(
+                perf.sections.len() == venue.sections.len(),
+                "performance {pid} section count differs"
+            );
             let mut blocked = vec![0u32; perf.sections.len()];
             let mut cells_held = vec![0u32; perf.sections.len()];
             let mut cells_sold = vec![0u32; perf.sections.len()];
             for (i, cell) in perf.seats.iter().enumerate() {
-                let sec = venue.section_of(SeatIdx(i as u32)).expect("seat in a section").0 as usize;
+                let sec = venue
+                    .section_of(SeatIdx(i as u32))
+                    .expect("seat in a section")
+                    .0 as usize;
                 match cell.get() {
                     SeatState::Available => {}
                     SeatState::Blocked => blocked[sec] += 1,
                     SeatState::Held(h) => {
                         let ok = s.holds.get(&h).is_some_and(|h| {
-                            h.state == HoldState::Live && h.performance == *pid && h.seats.iter().any(|x| x.0.0 == i as u32)
+                            h.state == HoldState::Live
+                                && h.performance == *pid
+                                && h.seats.iter().any(|x| x.0.0 == i as u32)
                         });
                         ensure!(ok, "seat {i} of {pid} held by {h} which does not hold it");
                         cells_held[sec] += 1;
@@ -132,83 +190,163 @@ impl Ledger {
                     SeatState::Sold(b) => {
                         let ok = s.bookings.get(&b).is_some_and(|b| {
                             b.performance == *pid
-                                && b.tickets.iter().any(|t| t.seat == Some(SeatIdx(i as u32)) && t.state != TicketState::Refunded)
+                                && b.tickets.iter().any(|t| {
+                                    t.seat == Some(SeatIdx(i as u32))
+                                        && t.state != TicketState::Refunded
+                                })
                         });
-                        ensure!(ok, "seat {i} of {pid} sold by {b} which has no valid ticket for it");
+                        ensure!(
+                            ok,
+                            "seat {i} of {pid} sold by {b} which has no valid ticket for it"
+                        );
                         cells_sold[sec] += 1;
                     }
                 }
             }
             for (k, c) in perf.sections.iter().enumerate() {
                 let key = (*pid, k as u16);
-                ensure!(c.capacity == venue.sections[k].capacity(), "{pid} section {k} capacity differs");
-                ensure!(c.held == held.get(&key).copied().unwrap_or(0), "{pid} section {k} held count {} wrong", c.held);
-                ensure!(c.sold == sold.get(&key).copied().unwrap_or(0), "{pid} section {k} sold count {} wrong", c.sold);
                 ensure!(
-                    u64::from(c.held) + u64::from(c.sold) + u64::from(c.blocked) <= u64::from(c.capacity),
+                    c.capacity == venue.sections[k].capacity(),
+                    "{pid} section {k} capacity differs"
+                );
+                ensure!(
+                    c.held == held.get(&key).copied().unwrap_or(0),
+                    "{pid} section {k} held count {} wrong",
+                    c.held
+                );
+                ensure!(
+                    c.sold == sold.get(&key).copied().unwrap_or(0),
+                    "{pid} section {k} sold count {} wrong",
+                    c.sold
+                );
+                ensure!(
+                    u64::from(c.held) + u64::from(c.sold) + u64::from(c.blocked)
+                        <= u64::from(c.capacity),
                     "{pid} section {k} over capacity"
                 );
                 if venue.sections[k].is_seated() {
-                    ensure!(c.blocked == blocked[k], "{pid} section {k} blocked count wrong");
-                    ensure!(c.held == cells_held[k] && c.sold == cells_sold[k], "{pid} section {k} cells disagree");
+                    ensure!(
+                        c.blocked == blocked[k],
+                        "{pid} section {k} blocked count wrong"
+                    );
+                    ensure!(
+                        c.held == cells_held[k] && c.sold == cells_sold[k],
+                        "{pid} section {k} cells disagree"
+                    );
                 } else {
                     ensure!(c.blocked == 0, "{pid} GA section {k} has blocked places");
                 }
             }
             let rev = revenue.get(pid).copied().unwrap_or(0);
-            ensure!(perf.revenue_minor == rev, "{pid} revenue {} != sum of bookings {rev}", perf.revenue_minor);
+            ensure!(
+                perf.revenue_minor == rev,
+                "{pid} revenue {} != sum of bookings {rev}",
+                perf.revenue_minor
+            );
             if let Some(room) = &perf.waiting_room {
                 check_room(*pid, room, s, &self.ix)?;
             } else {
-                ensure!(!s.rooms_on_sale.contains(pid), "{pid} has no room but is in rooms_on_sale");
+                ensure!(
+                    !s.rooms_on_sale.contains(pid),
+                    "{pid} has no room but is in rooms_on_sale"
+                );
             }
         }
         ensure!(
-            s.admission_expiry.iter().all(|(at, q)| *at > now && s.performances.contains_key(&q.performance)),
+            s.admission_expiry
+                .iter()
+                .all(|(at, q)| *at > now && s.performances.contains_key(&q.performance)),
             "an admission outlived its TTL"
         );
 
         // Accounts and idempotency.
-        ensure!(self.ix.user_by_email.len() == s.users.len(), "email index size differs");
+        ensure!(
+            self.ix.user_by_email.len() == s.users.len(),
+            "email index size differs"
+        );
         for u in s.users.values() {
-            ensure!(self.ix.user_by_email.get(&u.email) == Some(&u.id), "user {} not indexed by email", u.id);
+            ensure!(
+                self.ix.user_by_email.get(&u.email) == Some(&u.id),
+                "user {} not indexed by email",
+                u.id
+            );
         }
         for k in s.api_keys.values() {
-            ensure!(self.ix.key_by_digest.get(&k.digest) == Some(&k.id), "API key {} not indexed", k.id);
+            ensure!(
+                self.ix.key_by_digest.get(&k.digest) == Some(&k.id),
+                "API key {} not indexed",
+                k.id
+            );
         }
-        ensure!(s.idempotency.len() == s.idempotency_order.len(), "idempotency order list differs");
+        ensure!(
+            s.idempotency.len() == s.idempotency_order.len(),
+            "idempotency order list differs"
+        );
         let counts = crate::ledger::count_by_principal(s);
         ensure!(
             counts.len() == self.ix.idempotency_per_principal.len()
-                && counts.iter().all(|(p, n)| self.ix.idempotency_per_principal.get(p) == Some(n)),
+                && counts
+                    .iter()
+                    .all(|(p, n)| self.ix.idempotency_per_principal.get(p) == Some(n)),
             "idempotency counts per principal differ"
         );
         ensure!(
-            s.feed.iter().all(|e| e.log_index <= s.last_index && e.at_ms <= now),
+            s.feed
+                .iter()
+                .all(|e| e.log_index <= s.last_index && e.at_ms <= now),
             "change feed has an event from the future"
         );
         ensure!(
-            s.feed.iter().zip(s.feed.iter().skip(1)).all(|(a, b)| a.log_index <= b.log_index && a.at_ms <= b.at_ms),
+            s.feed
+                .iter()
+                .zip(s.feed.iter().skip(1))
+                .all(|(a, b)| a.log_index <= b.log_index && a.at_ms <= b.at_ms),
             "change feed is out of order"
         );
         Ok(())
     }
 }
 
-fn check_room(pid: PerformanceId, room: &WaitingRoom, s: &State, ix: &Indexes) -> Result<(), InvariantViolation> {
+fn check_room(
+    pid: PerformanceId,
+    room: &WaitingRoom,
+    s: &State,
+    ix: &Indexes,
+) -> Result<(), InvariantViolation> {
     let mut active = 0;
     for (j, e) in room.entries.iter().enumerate() {
-        ensure!(ix.queue_by_buyer.get(&(pid, e.buyer)) == Some(&(j as u32)), "{pid} queue entry {j} not indexed");
+        ensure!(
+            ix.queue_by_buyer.get(&(pid, e.buyer)) == Some(&(j as u32)),
+            "{pid} queue entry {j} not indexed"
+        );
         if e.state == QueueState::Admitted {
             active += 1;
-            let q = QueueId { performance: pid, join_index: j as u32 };
-            ensure!(s.admission_expiry.contains(&(e.admitted_until_ms, q)), "admission {q} not in expiry index");
+            let q = QueueId {
+                performance: pid,
+                join_index: j as u32,
+            };
+            ensure!(
+                s.admission_expiry.contains(&(e.admitted_until_ms, q)),
+                "admission {q} not in expiry index"
+            );
         }
     }
-    ensure!(active == room.active_admissions, "{pid} active admissions {} != {active}", room.active_admissions);
+    ensure!(
+        active == room.active_admissions,
+        "{pid} active admissions {} != {active}",
+        room.active_admissions
+    );
     // Positions are a permutation: waiting entries' seqs are consecutive in `order`.
-    let waiting = room.entries.iter().filter(|e| e.state == QueueState::Waiting).count();
-    ensure!(waiting == room.order.len(), "{pid} waiting entries {waiting} != order {}", room.order.len());
+    let waiting = room
+        .entries
+        .iter()
+        .filter(|e| e.state == QueueState::Waiting)
+        .count();
+    ensure!(
+        waiting == room.order.len(),
+        "{pid} waiting entries {waiting} != order {}",
+        room.order.len()
+    );
     if let Some(&head) = room.order.front() {
         let head_seq = room.entries[head as usize].seq;
         for (k, &j) in room.order.iter().enumerate() {
@@ -218,14 +356,27 @@ fn check_room(pid: PerformanceId, room: &WaitingRoom, s: &State, ix: &Indexes) -
                 "{pid} queue order broken at {k}"
             );
         }
-        ensure!(head_seq + room.order.len() as u32 == room.next_seq, "{pid} next_seq out of step");
+        ensure!(
+            head_seq + room.order.len() as u32 == room.next_seq,
+            "{pid} next_seq out of step"
+        );
     }
-    let pre = room.entries.iter().filter(|e| e.state == QueueState::PreQueue).count();
+    let pre = room
+        .entries
+        .iter()
+        .filter(|e| e.state == QueueState::PreQueue)
+        .count();
     ensure!(pre == room.prequeue.len(), "{pid} pre-queue list differs");
     ensure!(
-        room.prequeue.iter().all(|&j| room.entries.get(j as usize).is_some_and(|e| e.state == QueueState::PreQueue)),
+        room.prequeue.iter().all(|&j| room
+            .entries
+            .get(j as usize)
+            .is_some_and(|e| e.state == QueueState::PreQueue)),
         "{pid} pre-queue lists a non-pre-queue entry"
     );
-    ensure!(pre == 0 || room.seed.is_none(), "{pid} has a pre-queue after its seed was revealed");
+    ensure!(
+        pre == 0 || room.seed.is_none(),
+        "{pid} has a pre-queue after its seed was revealed"
+    );
     Ok(())
 }

@@ -42,12 +42,23 @@ enum Actor {
 
 impl Ledger {
     pub fn new() -> Ledger {
-        Ledger { s: State { next_id: 1, ..State::default() }, ix: Indexes::default(), swept: (0, 0) }
+        Ledger {
+            s: State {
+                next_id: 1,
+                ..State::default()
+            },
+            ix: Indexes::default(),
+            swept: (0, 0),
+        }
     }
 
     pub(crate) fn from_state(s: State) -> Ledger {
         let ix = Indexes::build(&s);
-        Ledger { s, ix, swept: (0, 0) }
+        Ledger {
+            s,
+            ix,
+            swept: (0, 0),
+        }
     }
 
     /// Read-only view of the whole state (for the node's reads).
@@ -74,7 +85,12 @@ impl Ledger {
         self.s.last_index = log_index;
         self.s.clock_ms = self.s.clock_ms.max(cmd.stamp_ms);
         self.sweep();
-        let Command { principal, idempotency_key, op, .. } = cmd;
+        let Command {
+            principal,
+            idempotency_key,
+            op,
+            ..
+        } = cmd;
         let outcome = match idempotency_key {
             None => self.dispatch(principal, op),
             Some(key) => self.apply_idempotent(principal, key, op),
@@ -89,7 +105,10 @@ impl Ledger {
     }
 
     /// Apply committed commands in log order; one outcome per command.
-    pub fn apply_batch(&mut self, entries: impl IntoIterator<Item = (u64, Command)>) -> Vec<Outcome> {
+    pub fn apply_batch(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, Command)>,
+    ) -> Vec<Outcome> {
         let entries = entries.into_iter();
         let mut out = Vec::with_capacity(entries.size_hint().0);
         for (index, cmd) in entries {
@@ -123,7 +142,12 @@ impl Ledger {
                 "this idempotency key was used with a different request; use a new key",
             ));
         }
-        let count = self.ix.idempotency_per_principal.get(&principal).copied().unwrap_or(0);
+        let count = self
+            .ix
+            .idempotency_per_principal
+            .get(&principal)
+            .copied()
+            .unwrap_or(0);
         if count >= MAX_IDEMPOTENCY_RECORDS_PER_PRINCIPAL {
             return Outcome::Rejected(Rejection::new(
                 Code::LimitExceeded,
@@ -132,46 +156,88 @@ impl Ledger {
         }
         let outcome = self.dispatch(principal, op);
         let at_ms = self.s.clock_ms;
-        self.s.idempotency_order.push_back((at_ms, principal, map_key.1.clone()));
         self.s
-            .idempotency
-            .insert(map_key, IdempotencyRecord { fingerprint, at_ms, outcome: outcome.clone() });
-        *self.ix.idempotency_per_principal.entry(principal).or_default() += 1;
+            .idempotency_order
+            .push_back((at_ms, principal, map_key.1.clone()));
+        self.s.idempotency.insert(
+            map_key,
+            IdempotencyRecord {
+                fingerprint,
+                at_ms,
+                outcome: outcome.clone(),
+            },
+        );
+        *self
+            .ix
+            .idempotency_per_principal
+            .entry(principal)
+            .or_default() += 1;
         outcome
     }
 
     fn dispatch(&mut self, p: Principal, op: Op) -> Outcome {
         let result = match op {
-            Op::Bootstrap { operator_key_digest, token_secret } => {
-                self.bootstrap(p, operator_key_digest, token_secret)
-            }
+            Op::Bootstrap {
+                operator_key_digest,
+                token_secret,
+            } => self.bootstrap(p, operator_key_digest, token_secret),
             Op::Tick => self.tick(p),
-            Op::CreateUser { email, name, password_hash, role } => {
-                self.create_user(p, email, name, password_hash, role)
-            }
-            Op::CreateApiKey { name, role, key_digest } => self.create_api_key(p, name, role, key_digest),
+            Op::CreateUser {
+                email,
+                name,
+                password_hash,
+                role,
+            } => self.create_user(p, email, name, password_hash, role),
+            Op::CreateApiKey {
+                name,
+                role,
+                key_digest,
+            } => self.create_api_key(p, name, role, key_digest),
             Op::RevokeApiKey { key } => self.revoke_api_key(p, key),
             Op::CreateVenue { name, sections } => self.create_venue(p, name, sections),
-            Op::CreateEvent { name, category, description, media } => {
-                self.create_event(p, None, name, category, description, media)
-            }
-            Op::UpdateEvent { event, name, category, description, media } => {
-                self.create_event(p, Some(event), name, category, description, media)
-            }
+            Op::CreateEvent {
+                name,
+                category,
+                description,
+                media,
+            } => self.create_event(p, None, name, category, description, media),
+            Op::UpdateEvent {
+                event,
+                name,
+                category,
+                description,
+                media,
+            } => self.create_event(p, Some(event), name, category, description, media),
             Op::CreatePerformance(spec) => self.create_performance(p, spec),
-            Op::SetSaleStatus { performance, status, seed } => {
-                self.set_sale_status(p, performance, status, seed)
-            }
-            Op::SetSeatsBlocked { performance, seats, blocked } => {
-                self.set_seats_blocked(p, performance, &seats, blocked)
-            }
+            Op::SetSaleStatus {
+                performance,
+                status,
+                seed,
+            } => self.set_sale_status(p, performance, status, seed),
+            Op::SetSeatsBlocked {
+                performance,
+                seats,
+                blocked,
+            } => self.set_seats_blocked(p, performance, &seats, blocked),
             Op::JoinQueue { performance } => self.join_queue(p, performance),
             Op::PlaceHold { performance, what } => self.place_hold(p, performance, what),
             Op::ReleaseHold { hold } => self.release_hold(p, hold),
             Op::ExtendHold { hold, payment_ref } => self.extend_hold(p, hold, payment_ref),
-            Op::ConfirmHold { hold, payment_ref, codes } => self.confirm_hold(p, hold, payment_ref, codes),
-            Op::ConfirmLate { hold, payment_ref, codes } => self.confirm_late(p, hold, payment_ref, codes),
-            Op::Refund { booking, tickets, refund_ref } => self.refund(p, booking, &tickets, refund_ref),
+            Op::ConfirmHold {
+                hold,
+                payment_ref,
+                codes,
+            } => self.confirm_hold(p, hold, payment_ref, codes),
+            Op::ConfirmLate {
+                hold,
+                payment_ref,
+                codes,
+            } => self.confirm_late(p, hold, payment_ref, codes),
+            Op::Refund {
+                booking,
+                tickets,
+                refund_ref,
+            } => self.refund(p, booking, &tickets, refund_ref),
             Op::CheckIn { performance, code } => self.check_in(p, performance, code),
         };
         match result {
@@ -193,7 +259,11 @@ impl Ledger {
         if self.s.feed.len() >= MAX_FEED_EVENTS {
             self.s.feed.pop_front();
         }
-        self.s.feed.push_back(FeedEntry { log_index: self.s.last_index, at_ms: self.s.clock_ms, change });
+        self.s.feed.push_back(FeedEntry {
+            log_index: self.s.last_index,
+            at_ms: self.s.clock_ms,
+            change,
+        });
     }
 
     fn actor(&self, p: Principal) -> Result<Actor> {
@@ -221,7 +291,13 @@ impl Ledger {
     }
 
     /// An operator, or the owner itself with one of `allowed`.
-    fn require_owner(&self, p: Principal, owner: Principal, allowed: &[Role], what: &str) -> Result<()> {
+    fn require_owner(
+        &self,
+        p: Principal,
+        owner: Principal,
+        allowed: &[Role],
+        what: &str,
+    ) -> Result<()> {
         let role = self.require(p, allowed, what)?;
         if role == Role::Operator || p == owner {
             Ok(())
@@ -270,7 +346,11 @@ impl Ledger {
                 break;
             }
             self.s.ended_holds.pop_front();
-            let h = self.s.holds.remove(&hold).expect("ended hold is kept until retention ends");
+            let h = self
+                .s
+                .holds
+                .remove(&hold)
+                .expect("ended hold is kept until retention ends");
             assert_ne!(h.state, HoldState::Live);
         }
         while let Some((at, _, _)) = self.s.idempotency_order.front() {
@@ -278,8 +358,15 @@ impl Ledger {
                 break;
             }
             let (_, principal, key) = self.s.idempotency_order.pop_front().expect("front exists");
-            self.s.idempotency.remove(&(principal, key)).expect("record kept until retention ends");
-            let n = self.ix.idempotency_per_principal.get_mut(&principal).expect("counted");
+            self.s
+                .idempotency
+                .remove(&(principal, key))
+                .expect("record kept until retention ends");
+            let n = self
+                .ix
+                .idempotency_per_principal
+                .get_mut(&principal)
+                .expect("counted");
             *n -= 1;
             if *n == 0 {
                 self.ix.idempotency_per_principal.remove(&principal);
@@ -300,11 +387,20 @@ impl Ledger {
     fn end_hold(&mut self, id: HoldId, state: HoldState) -> PerformanceId {
         assert!(matches!(state, HoldState::Released | HoldState::Expired));
         let now = self.s.clock_ms;
-        let State { holds, performances, venues, hold_expiry, ended_holds, .. } = &mut self.s;
+        let State {
+            holds,
+            performances,
+            venues,
+            hold_expiry,
+            ended_holds,
+            ..
+        } = &mut self.s;
         let hold = holds.get_mut(&id).expect("hold exists");
         assert_eq!(hold.state, HoldState::Live);
         assert!(hold_expiry.remove(&(hold.expires_at_ms, id)));
-        let perf = performances.get_mut(&hold.performance).expect("hold's performance exists");
+        let perf = performances
+            .get_mut(&hold.performance)
+            .expect("hold's performance exists");
         let venue = &venues[&perf.venue];
         for &(seat, _) in &hold.seats {
             let cell = &mut perf.seats[seat.0 as usize];
@@ -354,7 +450,12 @@ impl Ledger {
 
     // ---------------------------------------------------------------- cluster
 
-    fn bootstrap(&mut self, p: Principal, digest: Digest32, token_secret: Digest32) -> Result<Reply> {
+    fn bootstrap(
+        &mut self,
+        p: Principal,
+        digest: Digest32,
+        token_secret: Digest32,
+    ) -> Result<Reply> {
         if p != Principal::System {
             return reject(Code::Forbidden, "only the cluster bootstraps itself");
         }
@@ -379,7 +480,11 @@ impl Ledger {
         for performance in rooms {
             admitted += self.admit(performance);
         }
-        Ok(Reply::Ticked { holds_expired, admissions_expired, admitted })
+        Ok(Reply::Ticked {
+            holds_expired,
+            admissions_expired,
+            admitted,
+        })
     }
 
     // ---------------------------------------------------------------- accounts
@@ -405,7 +510,10 @@ impl Ledger {
             return reject(Code::InvalidInput, "password hash must be 1..=512 bytes");
         }
         if self.ix.user_by_email.contains_key(&email) {
-            return reject(Code::AlreadyExists, "an account with this email exists; log in instead");
+            return reject(
+                Code::AlreadyExists,
+                "an account with this email exists; log in instead",
+            );
         }
         if self.s.users.len() >= MAX_USERS {
             return reject(Code::LimitExceeded, "too many accounts");
@@ -413,11 +521,27 @@ impl Ledger {
         let id = UserId(self.next_id());
         self.ix.user_by_email.insert(email.clone(), id);
         let created_at_ms = self.s.clock_ms;
-        self.s.users.insert(id, User { id, email, name, password_hash, role, created_at_ms });
+        self.s.users.insert(
+            id,
+            User {
+                id,
+                email,
+                name,
+                password_hash,
+                role,
+                created_at_ms,
+            },
+        );
         Ok(Reply::UserCreated { user: id })
     }
 
-    fn create_api_key(&mut self, p: Principal, name: String, role: Role, digest: Digest32) -> Result<Reply> {
+    fn create_api_key(
+        &mut self,
+        p: Principal,
+        name: String,
+        role: Role,
+        digest: Digest32,
+    ) -> Result<Reply> {
         self.require(p, &[Role::Operator], "create API keys")?;
         check_text("name", &name, 1, MAX_NAME_LEN)?;
         if self.ix.key_by_digest.contains_key(&digest) {
@@ -434,7 +558,17 @@ impl Ledger {
         let id = ApiKeyId(self.next_id());
         self.ix.key_by_digest.insert(digest, id);
         let created_at_ms = self.s.clock_ms;
-        self.s.api_keys.insert(id, ApiKey { id, name, role, digest, revoked: false, created_at_ms });
+        self.s.api_keys.insert(
+            id,
+            ApiKey {
+                id,
+                name,
+                role,
+                digest,
+                revoked: false,
+                created_at_ms,
+            },
+        );
         id
     }
 
@@ -451,18 +585,44 @@ impl Ledger {
 
     // ---------------------------------------------------------------- catalog
 
-    fn create_venue(&mut self, p: Principal, name: String, specs: Vec<SectionSpec>) -> Result<Reply> {
+    fn create_venue(
+        &mut self,
+        p: Principal,
+        name: String,
+        specs: Vec<SectionSpec>,
+    ) -> Result<Reply> {
         self.require(p, &[Role::Organizer, Role::Operator], "create venues")?;
         check_text("venue name", &name, 1, MAX_NAME_LEN)?;
         let sections = build_sections(specs)?;
         if self.s.venues.len() >= MAX_VENUES {
             return reject(Code::LimitExceeded, "too many venues");
         }
-        let seats = sections.iter().filter(|s| s.is_seated()).map(Section::capacity).sum();
-        let ga_capacity = sections.iter().filter(|s| !s.is_seated()).map(Section::capacity).sum();
+        let seats = sections
+            .iter()
+            .filter(|s| s.is_seated())
+            .map(Section::capacity)
+            .sum();
+        let ga_capacity = sections
+            .iter()
+            .filter(|s| !s.is_seated())
+            .map(Section::capacity)
+            .sum();
         let id = VenueId(self.next_id());
-        self.s.venues.insert(id, Venue { id, owner: p, name, sections, seats });
-        Ok(Reply::VenueCreated { venue: id, seats, ga_capacity })
+        self.s.venues.insert(
+            id,
+            Venue {
+                id,
+                owner: p,
+                name,
+                sections,
+                seats,
+            },
+        );
+        Ok(Reply::VenueCreated {
+            venue: id,
+            seats,
+            ga_capacity,
+        })
     }
 
     fn create_event(
@@ -479,13 +639,21 @@ impl Ledger {
             let Some(event) = self.s.events.get(&id) else {
                 return reject(Code::NotFound, format!("no event {id}"));
             };
-            self.require_owner(p, event.owner, &[Role::Organizer, Role::Operator], "change this event")?;
+            self.require_owner(
+                p,
+                event.owner,
+                &[Role::Organizer, Role::Operator],
+                "change this event",
+            )?;
         }
         check_text("event name", &name, 1, MAX_NAME_LEN)?;
         check_text("category", &category, 1, MAX_NAME_LEN)?;
         check_text("description", &description, 0, MAX_DESCRIPTION_LEN)?;
         if media.len() > MAX_MEDIA_ITEMS_PER_EVENT {
-            return reject(Code::LimitExceeded, format!("at most {MAX_MEDIA_ITEMS_PER_EVENT} media items"));
+            return reject(
+                Code::LimitExceeded,
+                format!("at most {MAX_MEDIA_ITEMS_PER_EVENT} media items"),
+            );
         }
         for m in &media {
             check_text("media kind", &m.kind, 1, MAX_LABEL_LEN)?;
@@ -493,7 +661,8 @@ impl Ledger {
         }
         if let Some(id) = existing {
             let event = self.s.events.get_mut(&id).expect("checked above");
-            (event.name, event.category, event.description, event.media) = (name, category, description, media);
+            (event.name, event.category, event.description, event.media) =
+                (name, category, description, media);
             return Ok(Reply::EventUpdated);
         }
         if self.s.events.len() >= MAX_EVENTS {
@@ -501,9 +670,18 @@ impl Ledger {
         }
         let id = EventId(self.next_id());
         let created_at_ms = self.s.clock_ms;
-        self.s
-            .events
-            .insert(id, Event { id, owner: p, name, category, description, media, created_at_ms });
+        self.s.events.insert(
+            id,
+            Event {
+                id,
+                owner: p,
+                name,
+                category,
+                description,
+                media,
+                created_at_ms,
+            },
+        );
         Ok(Reply::EventCreated { event: id })
     }
 
@@ -511,7 +689,12 @@ impl Ledger {
         let Some(event) = self.s.events.get(&spec.event) else {
             return reject(Code::NotFound, format!("no event {}", spec.event));
         };
-        self.require_owner(p, event.owner, &[Role::Organizer, Role::Operator], "add performances to this event")?;
+        self.require_owner(
+            p,
+            event.owner,
+            &[Role::Organizer, Role::Operator],
+            "add performances to this event",
+        )?;
         let Some(venue) = self.s.venues.get(&spec.venue) else {
             return reject(Code::NotFound, format!("no venue {}", spec.venue));
         };
@@ -522,7 +705,10 @@ impl Ledger {
         let sections = venue
             .sections
             .iter()
-            .map(|s| SectionCounts { capacity: s.capacity(), ..SectionCounts::default() })
+            .map(|s| SectionCounts {
+                capacity: s.capacity(),
+                ..SectionCounts::default()
+            })
             .collect();
         let seats = vec![SeatCell::AVAILABLE; venue.seats as usize];
         let owner = event.owner;
@@ -549,7 +735,10 @@ impl Ledger {
             waiting_room: spec.waiting_room.map(WaitingRoom::new),
         };
         self.s.performances.insert(id, perf);
-        self.emit(Change::PerformanceCreated { performance: id, seed_commitment });
+        self.emit(Change::PerformanceCreated {
+            performance: id,
+            seed_commitment,
+        });
         Ok(Reply::PerformanceCreated { performance: id })
     }
 
@@ -562,28 +751,55 @@ impl Ledger {
     ) -> Result<Reply> {
         use SaleStatus::*;
         let perf = self.performance(id)?;
-        self.require_owner(p, perf.owner, &[Role::Organizer, Role::Operator], "change this sale")?;
+        self.require_owner(
+            p,
+            perf.owner,
+            &[Role::Organizer, Role::Operator],
+            "change this sale",
+        )?;
         let from = perf.status;
         let allowed = matches!(
             (from, status),
-            (Draft, OnSale | Cancelled) | (OnSale, Paused | Closed | Cancelled) | (Paused, OnSale | Closed | Cancelled) | (Closed, Cancelled)
+            (Draft, OnSale | Cancelled)
+                | (OnSale, Paused | Closed | Cancelled)
+                | (Paused, OnSale | Closed | Cancelled)
+                | (Closed, Cancelled)
         );
         if !allowed {
             return reject(
                 Code::InvalidState,
-                format!("a sale cannot go from {} to {}", from.as_str(), status.as_str()),
+                format!(
+                    "a sale cannot go from {} to {}",
+                    from.as_str(),
+                    status.as_str()
+                ),
             );
         }
         let reveal = from == Draft && status == OnSale && perf.waiting_room.is_some();
         match (reveal, seed) {
-            (true, None) => return reject(Code::InvalidInput, "opening a waiting room needs its seed"),
+            (true, None) => {
+                return reject(Code::InvalidInput, "opening a waiting room needs its seed");
+            }
             (true, Some(seed)) => {
-                let commitment = perf.waiting_room.as_ref().expect("reveal has a room").spec.seed_commitment;
+                let commitment = perf
+                    .waiting_room
+                    .as_ref()
+                    .expect("reveal has a room")
+                    .spec
+                    .seed_commitment;
                 if *blake3::hash(&seed).as_bytes() != commitment {
-                    return reject(Code::InvalidInput, "the seed does not match the commitment made at creation");
+                    return reject(
+                        Code::InvalidInput,
+                        "the seed does not match the commitment made at creation",
+                    );
                 }
             }
-            (false, Some(_)) => return reject(Code::InvalidInput, "a seed is only given when a waiting room opens"),
+            (false, Some(_)) => {
+                return reject(
+                    Code::InvalidInput,
+                    "a seed is only given when a waiting room opens",
+                );
+            }
             (false, None) => {}
         }
         // Valid: mutate.
@@ -615,7 +831,11 @@ impl Ledger {
             }
         }
         if let Some((seed, prequeue_len)) = revealed {
-            self.emit(Change::SeedRevealed { performance: id, seed, prequeue_len });
+            self.emit(Change::SeedRevealed {
+                performance: id,
+                seed,
+                prequeue_len,
+            });
         }
         if matches!(status, Closed | Cancelled) {
             let live: Vec<HoldId> = self
@@ -627,27 +847,58 @@ impl Ledger {
                 .collect();
             for hold in live {
                 self.end_hold(hold, HoldState::Released);
-                self.emit(Change::HoldReleased { hold, performance: id });
+                self.emit(Change::HoldReleased {
+                    hold,
+                    performance: id,
+                });
             }
         }
-        self.emit(Change::SaleStatusChanged { performance: id, status });
+        self.emit(Change::SaleStatusChanged {
+            performance: id,
+            status,
+        });
         Ok(Reply::SaleStatusChanged { status })
     }
 
-    fn set_seats_blocked(&mut self, p: Principal, id: PerformanceId, seats: &[SeatIdx], blocked: bool) -> Result<Reply> {
+    fn set_seats_blocked(
+        &mut self,
+        p: Principal,
+        id: PerformanceId,
+        seats: &[SeatIdx],
+        blocked: bool,
+    ) -> Result<Reply> {
         let perf = self.performance(id)?;
-        self.require_owner(p, perf.owner, &[Role::Organizer, Role::Operator], "block seats")?;
+        self.require_owner(
+            p,
+            perf.owner,
+            &[Role::Organizer, Role::Operator],
+            "block seats",
+        )?;
         if seats.is_empty() || seats.len() > MAX_SEATS_PER_VENUE as usize {
             return reject(Code::InvalidInput, "give 1..=200000 seats");
         }
         for &seat in seats {
             match perf.seats.get(seat.0 as usize).map(|c| c.get()) {
-                None => return reject(Code::InvalidInput, format!("no seat {} in this venue", seat.0)),
+                None => {
+                    return reject(
+                        Code::InvalidInput,
+                        format!("no seat {} in this venue", seat.0),
+                    );
+                }
                 Some(SeatState::Available | SeatState::Blocked) => {}
-                Some(_) => return reject(Code::SeatUnavailable, format!("seat {} is held or sold", seat.0)),
+                Some(_) => {
+                    return reject(
+                        Code::SeatUnavailable,
+                        format!("seat {} is held or sold", seat.0),
+                    );
+                }
             }
         }
-        let State { performances, venues, .. } = &mut self.s;
+        let State {
+            performances,
+            venues,
+            ..
+        } = &mut self.s;
         let perf = performances.get_mut(&id).expect("exists");
         let venue = &venues[&perf.venue];
         let mut changed = 0;
@@ -657,8 +908,13 @@ impl Ledger {
             if was_blocked == blocked {
                 continue;
             }
-            *cell = SeatCell::new(if blocked { SeatState::Blocked } else { SeatState::Available });
-            let counts = &mut perf.sections[venue.section_of(seat).expect("seat in a section").0 as usize];
+            *cell = SeatCell::new(if blocked {
+                SeatState::Blocked
+            } else {
+                SeatState::Available
+            });
+            let counts =
+                &mut perf.sections[venue.section_of(seat).expect("seat in a section").0 as usize];
             if blocked {
                 counts.blocked += 1;
             } else {
@@ -678,7 +934,10 @@ impl Ledger {
         let perf = self.performance(id)?;
         self.require(p, &[Role::Buyer], "join a waiting room")?;
         let Some(room) = &perf.waiting_room else {
-            return reject(Code::InvalidInput, "this performance has no waiting room; place holds directly");
+            return reject(
+                Code::InvalidInput,
+                "this performance has no waiting room; place holds directly",
+            );
         };
         let prequeue = match perf.status {
             SaleStatus::Draft => true,
@@ -691,15 +950,26 @@ impl Ledger {
             return reject(Code::SoldOut, "this performance is sold out");
         }
         if let Some(&j) = self.ix.queue_by_buyer.get(&(id, p)) {
-            let queue = QueueId { performance: id, join_index: j };
-            return reject(Code::AlreadyExists, format!("you are already in this waiting room as {queue}"));
+            let queue = QueueId {
+                performance: id,
+                join_index: j,
+            };
+            return reject(
+                Code::AlreadyExists,
+                format!("you are already in this waiting room as {queue}"),
+            );
         }
         if room.entries.len() >= MAX_QUEUE_LENGTH as usize {
             return reject(Code::LimitExceeded, "the waiting room is full");
         }
         let room = self.room_mut(id);
         let join_index = room.entries.len() as u32;
-        let mut entry = QueueEntry { buyer: p, state: QueueState::PreQueue, seq: 0, admitted_until_ms: 0 };
+        let mut entry = QueueEntry {
+            buyer: p,
+            state: QueueState::PreQueue,
+            seq: 0,
+            admitted_until_ms: 0,
+        };
         if prequeue {
             room.prequeue.push(join_index);
         } else {
@@ -711,18 +981,32 @@ impl Ledger {
         room.entries.push(entry);
         let position = room.position(join_index);
         self.ix.queue_by_buyer.insert((id, p), join_index);
-        let queue = QueueId { performance: id, join_index };
-        self.emit(Change::QueueJoined { queue, buyer: p, prequeue });
+        let queue = QueueId {
+            performance: id,
+            join_index,
+        };
+        self.emit(Change::QueueJoined {
+            queue,
+            buyer: p,
+            prequeue,
+        });
         Ok(Reply::QueueJoined { queue, position })
     }
 
     /// Admit from one room at its rate, while there is stock to sell.
     fn admit(&mut self, id: PerformanceId) -> u32 {
         let now = self.s.clock_ms;
-        let perf = self.s.performances.get_mut(&id).expect("rooms on sale exist");
+        let perf = self
+            .s
+            .performances
+            .get_mut(&id)
+            .expect("rooms on sale exist");
         let totals = perf.totals();
         let (on_sale_at_ms, sale_ends_at_ms) = (perf.on_sale_at_ms, perf.sale_ends_at_ms);
-        let room = perf.waiting_room.as_mut().expect("rooms on sale have a room");
+        let room = perf
+            .waiting_room
+            .as_mut()
+            .expect("rooms on sale have a room");
         if now < on_sale_at_ms || now >= sale_ends_at_ms {
             return 0;
         }
@@ -734,7 +1018,10 @@ impl Ledger {
                 let waiting = close_room(room, id, &mut self.s.admission_expiry);
                 room.sold_out = true;
                 self.s.rooms_on_sale.remove(&id);
-                self.emit(Change::QueueSoldOut { performance: id, waiting });
+                self.emit(Change::QueueSoldOut {
+                    performance: id,
+                    waiting,
+                });
             }
             return 0;
         }
@@ -746,7 +1033,11 @@ impl Ledger {
         let mut n = (room.credit_milli / 1000).min(u64::from(MAX_ADMISSIONS_PER_TICK)) as usize;
         n = n.min(room.order.len());
         if room.spec.max_active_admissions > 0 {
-            n = n.min(room.spec.max_active_admissions.saturating_sub(room.active_admissions) as usize);
+            n = n.min(
+                room.spec
+                    .max_active_admissions
+                    .saturating_sub(room.active_admissions) as usize,
+            );
         }
         room.credit_milli -= n as u64 * 1000;
         let until_ms = now + room.spec.admission_ttl_ms;
@@ -758,7 +1049,10 @@ impl Ledger {
             e.admitted_until_ms = until_ms;
             room.active_admissions += 1;
             room.admitted_total += 1;
-            let queue = QueueId { performance: id, join_index: j };
+            let queue = QueueId {
+                performance: id,
+                join_index: j,
+            };
             self.s.admission_expiry.insert((until_ms, queue));
             admitted.push(queue);
         }
@@ -775,7 +1069,10 @@ impl Ledger {
         let perf = self.performance(id)?;
         self.require(p, &[Role::Buyer, Role::Operator], "hold seats")?;
         if !perf.sale_open_at(now) {
-            return reject(Code::SaleNotOpen, format!("the sale is {} or outside its window", perf.status.as_str()));
+            return reject(
+                Code::SaleNotOpen,
+                format!("the sale is {} or outside its window", perf.status.as_str()),
+            );
         }
         if let Some(room) = &perf.waiting_room {
             let admitted = self
@@ -784,7 +1081,10 @@ impl Ledger {
                 .get(&(id, p))
                 .is_some_and(|&j| room.entries[j as usize].state == QueueState::Admitted);
             if !admitted {
-                return reject(Code::AdmissionRequired, "join the waiting room and wait for your admission");
+                return reject(
+                    Code::AdmissionRequired,
+                    "join the waiting room and wait for your admission",
+                );
             }
         }
         let totals = perf.totals();
@@ -792,21 +1092,36 @@ impl Ledger {
             return if totals.held == 0 {
                 reject(Code::SoldOut, "this performance is sold out")
             } else {
-                reject(Code::SeatUnavailable, "every seat is held right now; try again in a few minutes")
+                reject(
+                    Code::SeatUnavailable,
+                    "every seat is held right now; try again in a few minutes",
+                )
             };
         }
         let live = self.ix.live_holds.get(&(id, p)).copied().unwrap_or(0);
         if live >= MAX_HOLDS_PER_BUYER_PER_PERFORMANCE {
-            return reject(Code::LimitExceeded, "you have too many holds on this performance; release one");
+            return reject(
+                Code::LimitExceeded,
+                "you have too many holds on this performance; release one",
+            );
         }
         if self.ix.live_hold_count >= MAX_LIVE_HOLDS {
-            return reject(Code::LimitExceeded, "too many holds in the ledger; try again shortly");
+            return reject(
+                Code::LimitExceeded,
+                "too many holds in the ledger; try again shortly",
+            );
         }
         let venue = &self.s.venues[&perf.venue];
         let amount_minor = validate_hold_request(perf, venue, &what)?;
         // Valid: mutate.
         let hold_id = HoldId(self.next_id());
-        let State { performances, venues, holds, hold_expiry, .. } = &mut self.s;
+        let State {
+            performances,
+            venues,
+            holds,
+            hold_expiry,
+            ..
+        } = &mut self.s;
         let perf = performances.get_mut(&id).expect("exists");
         let venue = &venues[&perf.venue];
         let (mut seats, mut ga) = (Vec::new(), None);
@@ -818,13 +1133,20 @@ impl Ledger {
                 }
                 seats = list;
             }
-            HoldRequest::GeneralAdmission { section, quantity, category } => {
+            HoldRequest::GeneralAdmission {
+                section,
+                quantity,
+                category,
+            } => {
                 perf.sections[section.0 as usize].held += u32::from(quantity);
                 ga = Some((section, quantity, category));
             }
         }
         let expires_at_ms = now + perf.hold_ttl_ms;
-        let amount = Money { amount_minor, currency: perf.currency };
+        let amount = Money {
+            amount_minor,
+            currency: perf.currency,
+        };
         let hold = Hold {
             id: hold_id,
             performance: id,
@@ -878,12 +1200,17 @@ impl Ledger {
         match hold.state {
             HoldState::Live => {
                 let performance = self.end_hold(id, HoldState::Released);
-                self.emit(Change::HoldReleased { hold: id, performance });
+                self.emit(Change::HoldReleased {
+                    hold: id,
+                    performance,
+                });
                 Ok(Reply::HoldReleased)
             }
             // Releasing is idempotent: the seats are already back on sale.
             HoldState::Released | HoldState::Expired => Ok(Reply::HoldReleased),
-            HoldState::Confirmed(b) => reject(Code::HoldNotLive, format!("hold {id} became booking {b}")),
+            HoldState::Confirmed(b) => {
+                reject(Code::HoldNotLive, format!("hold {id} became booking {b}"))
+            }
         }
     }
 
@@ -903,11 +1230,20 @@ impl Ledger {
         hold.expires_at_ms = new;
         assert!(self.s.hold_expiry.remove(&(old, id)));
         self.s.hold_expiry.insert((new, id));
-        self.emit(Change::HoldExtended { hold: id, expires_at_ms: new });
+        self.emit(Change::HoldExtended {
+            hold: id,
+            expires_at_ms: new,
+        });
         Ok(Reply::HoldExtended { expires_at_ms: new })
     }
 
-    fn confirm_hold(&mut self, p: Principal, id: HoldId, payment_ref: String, codes: Vec<CheckInCode>) -> Result<Reply> {
+    fn confirm_hold(
+        &mut self,
+        p: Principal,
+        id: HoldId,
+        payment_ref: String,
+        codes: Vec<CheckInCode>,
+    ) -> Result<Reply> {
         self.require(p, &[Role::Service, Role::Operator], "confirm holds")?;
         let Some(hold) = self.s.holds.get(&id) else {
             return reject(Code::NotFound, format!("no hold {id}"));
@@ -920,7 +1256,15 @@ impl Ledger {
         let first_ticket = self.s.next_id;
         self.s.next_id += quantity;
         let now = self.s.clock_ms;
-        let State { holds, performances, venues, hold_expiry, ended_holds, bookings, .. } = &mut self.s;
+        let State {
+            holds,
+            performances,
+            venues,
+            hold_expiry,
+            ended_holds,
+            bookings,
+            ..
+        } = &mut self.s;
         let hold = holds.get_mut(&id).expect("exists");
         assert!(hold_expiry.remove(&(hold.expires_at_ms, id)));
         let perf = performances.get_mut(&hold.performance).expect("exists");
@@ -936,7 +1280,9 @@ impl Ledger {
             let counts = &mut perf.sections[section.0 as usize];
             counts.held -= 1;
             counts.sold += 1;
-            let price_minor = perf.price(section, category).expect("validated at hold time");
+            let price_minor = perf
+                .price(section, category)
+                .expect("validated at hold time");
             tickets.push(Ticket {
                 id: TicketId(ticket_id),
                 seat: Some(seat),
@@ -952,7 +1298,9 @@ impl Ledger {
             let counts = &mut perf.sections[section.0 as usize];
             counts.held -= u32::from(quantity);
             counts.sold += u32::from(quantity);
-            let price_minor = perf.price(section, category).expect("validated at hold time");
+            let price_minor = perf
+                .price(section, category)
+                .expect("validated at hold time");
             for _ in 0..quantity {
                 tickets.push(Ticket {
                     id: TicketId(ticket_id),
@@ -979,14 +1327,19 @@ impl Ledger {
                     seat: t.seat,
                     section: t.section,
                     category: t.category,
-                    price: Money { amount_minor: t.price_minor, currency: perf.currency },
+                    price: Money {
+                        amount_minor: t.price_minor,
+                        currency: perf.currency,
+                    },
                     code: t.code,
                 })
                 .collect(),
             amount: hold.amount,
         };
         for (i, t) in tickets.iter().enumerate() {
-            self.ix.ticket_by_code.insert(t.code, (booking_id, i as u32));
+            self.ix
+                .ticket_by_code
+                .insert(t.code, (booking_id, i as u32));
             self.ix.ticket_by_id.insert(t.id, (booking_id, i as u32));
         }
         let (performance, buyer, amount) = (hold.performance, hold.buyer, hold.amount);
@@ -1006,22 +1359,40 @@ impl Ledger {
             },
         );
         self.forget_live_hold((performance, buyer));
-        self.emit(Change::BookingConfirmed { booking: booking_id, hold: id, performance, amount, tickets: count });
+        self.emit(Change::BookingConfirmed {
+            booking: booking_id,
+            hold: id,
+            performance,
+            amount,
+            tickets: count,
+        });
         Ok(Reply::BookingConfirmed(receipt))
     }
 
     /// What a booking needs beyond a live hold: a reference and one fresh code per ticket.
-    fn validate_booking(&self, hold: &Hold, payment_ref: &str, codes: &[CheckInCode]) -> Result<()> {
+    fn validate_booking(
+        &self,
+        hold: &Hold,
+        payment_ref: &str,
+        codes: &[CheckInCode],
+    ) -> Result<()> {
         check_text("payment_ref", payment_ref, 1, MAX_REF_LEN)?;
         if codes.len() != hold.quantity() as usize {
             return reject(
                 Code::InvalidInput,
-                format!("give one check-in code per ticket: {} expected, {} given", hold.quantity(), codes.len()),
+                format!(
+                    "give one check-in code per ticket: {} expected, {} given",
+                    hold.quantity(),
+                    codes.len()
+                ),
             );
         }
         for (i, code) in codes.iter().enumerate() {
             if codes[..i].contains(code) || self.ix.ticket_by_code.contains_key(code) {
-                return reject(Code::AlreadyExists, "a check-in code is reused; draw new random codes");
+                return reject(
+                    Code::AlreadyExists,
+                    "a check-in code is reused; draw new random codes",
+                );
             }
         }
         if self.s.bookings.len() >= MAX_BOOKINGS {
@@ -1030,14 +1401,25 @@ impl Ledger {
         Ok(())
     }
 
-    fn confirm_late(&mut self, p: Principal, id: HoldId, payment_ref: String, codes: Vec<CheckInCode>) -> Result<Reply> {
+    fn confirm_late(
+        &mut self,
+        p: Principal,
+        id: HoldId,
+        payment_ref: String,
+        codes: Vec<CheckInCode>,
+    ) -> Result<Reply> {
         self.require(p, &[Role::Service, Role::Operator], "confirm holds")?;
         let Some(hold) = self.s.holds.get(&id) else {
             return reject(Code::NotFound, format!("no hold {id}"));
         };
         match hold.state {
             HoldState::Expired => {}
-            HoldState::Live => return reject(Code::InvalidState, format!("hold {id} is live: confirm it instead")),
+            HoldState::Live => {
+                return reject(
+                    Code::InvalidState,
+                    format!("hold {id} is live: confirm it instead"),
+                );
+            }
             _ => return live_state(hold).map(|()| unreachable!("ended holds are not live")),
         }
         if !hold.extended || hold.payment_ref.as_deref() != Some(payment_ref.as_str()) {
@@ -1048,22 +1430,38 @@ impl Ledger {
         }
         let perf = &self.s.performances[&hold.performance];
         if perf.status == SaleStatus::Cancelled {
-            return reject(Code::SaleNotOpen, "the performance was cancelled; refund the payment");
+            return reject(
+                Code::SaleNotOpen,
+                "the performance was cancelled; refund the payment",
+            );
         }
         for &(seat, _) in &hold.seats {
             if perf.seats[seat.0 as usize].get() != SeatState::Available {
-                return reject(Code::SeatUnavailable, "the seats were taken after the hold expired; refund the payment");
+                return reject(
+                    Code::SeatUnavailable,
+                    "the seats were taken after the hold expired; refund the payment",
+                );
             }
         }
         if let Some((section, quantity, _)) = hold.ga
             && perf.sections[usize::from(section.0)].available() < u32::from(quantity)
         {
-            return reject(Code::SeatUnavailable, "the places were taken after the hold expired; refund the payment");
+            return reject(
+                Code::SeatUnavailable,
+                "the places were taken after the hold expired; refund the payment",
+            );
         }
         self.validate_booking(hold, &payment_ref, &codes)?;
         // Valid: put the seats back under the hold, then confirm it exactly as a live one.
         let revived_until_ms = self.s.clock_ms + 1;
-        let State { holds, performances, venues, hold_expiry, ended_holds, .. } = &mut self.s;
+        let State {
+            holds,
+            performances,
+            venues,
+            hold_expiry,
+            ended_holds,
+            ..
+        } = &mut self.s;
         let hold = holds.get_mut(&id).expect("exists");
         let perf = performances.get_mut(&hold.performance).expect("exists");
         let venue = &venues[&perf.venue];
@@ -1077,26 +1475,46 @@ impl Ledger {
         hold.state = HoldState::Live;
         hold.expires_at_ms = revived_until_ms;
         hold_expiry.insert((hold.expires_at_ms, id));
-        let pos = ended_holds.iter().position(|e| e.1 == id).expect("expired holds are retained");
+        let pos = ended_holds
+            .iter()
+            .position(|e| e.1 == id)
+            .expect("expired holds are retained");
         ended_holds.remove(pos);
-        *self.ix.live_holds.entry((hold.performance, hold.buyer)).or_default() += 1;
+        *self
+            .ix
+            .live_holds
+            .entry((hold.performance, hold.buyer))
+            .or_default() += 1;
         self.ix.live_hold_count += 1;
         let reply = self.confirm_hold(p, id, payment_ref, codes);
-        assert!(reply.is_ok(), "confirm of a validated revived hold failed: {reply:?}");
+        assert!(
+            reply.is_ok(),
+            "confirm of a validated revived hold failed: {reply:?}"
+        );
         reply
     }
 
-    fn refund(&mut self, p: Principal, id: BookingId, tickets: &[TicketId], refund_ref: String) -> Result<Reply> {
+    fn refund(
+        &mut self,
+        p: Principal,
+        id: BookingId,
+        tickets: &[TicketId],
+        refund_ref: String,
+    ) -> Result<Reply> {
         self.require(p, &[Role::Service, Role::Operator], "refund bookings")?;
         let Some(booking) = self.s.bookings.get(&id) else {
             return reject(Code::NotFound, format!("no booking {id}"));
         };
         check_text("refund_ref", &refund_ref, 1, MAX_REF_LEN)?;
         let positions: Vec<usize> = if tickets.is_empty() {
-            let valid: Vec<usize> =
-                (0..booking.tickets.len()).filter(|&i| booking.tickets[i].state == TicketState::Valid).collect();
+            let valid: Vec<usize> = (0..booking.tickets.len())
+                .filter(|&i| booking.tickets[i].state == TicketState::Valid)
+                .collect();
             if valid.is_empty() {
-                return reject(Code::TicketUsed, "every ticket of this booking is refunded or checked in");
+                return reject(
+                    Code::TicketUsed,
+                    "every ticket of this booking is refunded or checked in",
+                );
             }
             valid
         } else {
@@ -1112,14 +1530,22 @@ impl Ledger {
                     return reject(Code::NotFound, format!("booking {id} has no ticket {t}"));
                 };
                 if booking.tickets[pos].state != TicketState::Valid {
-                    return reject(Code::TicketUsed, format!("ticket {t} is already refunded or checked in"));
+                    return reject(
+                        Code::TicketUsed,
+                        format!("ticket {t} is already refunded or checked in"),
+                    );
                 }
                 positions.push(pos);
             }
             positions
         };
         // Valid: mutate.
-        let State { bookings, performances, venues, .. } = &mut self.s;
+        let State {
+            bookings,
+            performances,
+            venues,
+            ..
+        } = &mut self.s;
         let booking = bookings.get_mut(&id).expect("exists");
         let perf = performances.get_mut(&booking.performance).expect("exists");
         let venue = &venues[&perf.venue];
@@ -1141,23 +1567,51 @@ impl Ledger {
         }
         perf.revenue_minor -= amount_minor;
         booking.refunded_minor += amount_minor;
-        let amount = Money { amount_minor, currency: perf.currency };
+        let amount = Money {
+            amount_minor,
+            currency: perf.currency,
+        };
         let performance = booking.performance;
         let count = refunded.len() as u32;
         self.reopen_sold_out_room(performance);
-        self.emit(Change::BookingRefunded { booking: id, performance, amount, tickets: count });
-        Ok(Reply::Refunded { amount, tickets: refunded })
+        self.emit(Change::BookingRefunded {
+            booking: id,
+            performance,
+            amount,
+            tickets: count,
+        });
+        Ok(Reply::Refunded {
+            amount,
+            tickets: refunded,
+        })
     }
 
-    fn check_in(&mut self, p: Principal, performance: PerformanceId, code: CheckInCode) -> Result<Reply> {
+    fn check_in(
+        &mut self,
+        p: Principal,
+        performance: PerformanceId,
+        code: CheckInCode,
+    ) -> Result<Reply> {
         let perf = self.performance(performance)?;
-        let role = self.require(p, &[Role::Organizer, Role::Service, Role::Operator], "check tickets in")?;
+        let role = self.require(
+            p,
+            &[Role::Organizer, Role::Service, Role::Operator],
+            "check tickets in",
+        )?;
         if role == Role::Organizer && p != perf.owner {
-            return reject(Code::Forbidden, "only the performance's organizer checks its tickets in");
+            return reject(
+                Code::Forbidden,
+                "only the performance's organizer checks its tickets in",
+            );
         }
         let found = self.ix.ticket_by_code.get(&code).copied();
-        let Some((booking, pos)) = found.filter(|(b, _)| self.s.bookings[b].performance == performance) else {
-            return reject(Code::NotFound, "no ticket with this code for this performance");
+        let Some((booking, pos)) =
+            found.filter(|(b, _)| self.s.bookings[b].performance == performance)
+        else {
+            return reject(
+                Code::NotFound,
+                "no ticket with this code for this performance",
+            );
         };
         let t = &mut self.s.bookings.get_mut(&booking).expect("indexed").tickets[pos as usize];
         if t.state != TicketState::Valid {
@@ -1176,26 +1630,41 @@ impl Ledger {
 fn live_state(hold: &Hold) -> Result<()> {
     match hold.state {
         HoldState::Live => Ok(()),
-        HoldState::Expired => reject(Code::HoldExpired, format!("hold {} expired; its seats are back on sale", hold.id)),
+        HoldState::Expired => reject(
+            Code::HoldExpired,
+            format!("hold {} expired; its seats are back on sale", hold.id),
+        ),
         HoldState::Released => reject(Code::HoldNotLive, format!("hold {} was released", hold.id)),
-        HoldState::Confirmed(b) => reject(Code::HoldNotLive, format!("hold {} is already booking {b}", hold.id)),
+        HoldState::Confirmed(b) => reject(
+            Code::HoldNotLive,
+            format!("hold {} is already booking {b}", hold.id),
+        ),
     }
 }
 
 /// Text must be `min..=max` bytes and free of control characters.
 fn check_text(field: &str, s: &str, min: usize, max: usize) -> Result<()> {
     if s.len() < min || s.len() > max {
-        return reject(Code::InvalidInput, format!("{field} must be {min}..={max} bytes"));
+        return reject(
+            Code::InvalidInput,
+            format!("{field} must be {min}..={max} bytes"),
+        );
     }
     if s.chars().any(|c| c.is_control() && c != '\n') {
-        return reject(Code::InvalidInput, format!("{field} must not contain control characters"));
+        return reject(
+            Code::InvalidInput,
+            format!("{field} must not contain control characters"),
+        );
     }
     Ok(())
 }
 
 fn build_sections(specs: Vec<SectionSpec>) -> Result<Vec<Section>> {
     if specs.is_empty() || specs.len() > MAX_SECTIONS_PER_VENUE {
-        return reject(Code::InvalidInput, format!("a venue has 1..={MAX_SECTIONS_PER_VENUE} sections"));
+        return reject(
+            Code::InvalidInput,
+            format!("a venue has 1..={MAX_SECTIONS_PER_VENUE} sections"),
+        );
     }
     let mut sections: Vec<Section> = Vec::with_capacity(specs.len());
     let mut next_seat: u32 = 0;
@@ -1203,7 +1672,10 @@ fn build_sections(specs: Vec<SectionSpec>) -> Result<Vec<Section>> {
         let (name, kind) = match spec {
             SectionSpec::Seated { name, rows } => {
                 if rows.is_empty() || rows.len() > MAX_ROWS_PER_SECTION {
-                    return reject(Code::InvalidInput, format!("section {name:?} needs 1..={MAX_ROWS_PER_SECTION} rows"));
+                    return reject(
+                        Code::InvalidInput,
+                        format!("section {name:?} needs 1..={MAX_ROWS_PER_SECTION} rows"),
+                    );
                 }
                 let first_seat = next_seat;
                 let mut built: Vec<Row> = Vec::with_capacity(rows.len());
@@ -1213,22 +1685,45 @@ fn build_sections(specs: Vec<SectionSpec>) -> Result<Vec<Section>> {
                         return reject(Code::InvalidInput, "row labels must not contain ':'");
                     }
                     if built.iter().any(|b| b.label == r.label) {
-                        return reject(Code::InvalidInput, format!("row {:?} appears twice in {name:?}", r.label));
+                        return reject(
+                            Code::InvalidInput,
+                            format!("row {:?} appears twice in {name:?}", r.label),
+                        );
                     }
                     if r.seats == 0 || r.seats > MAX_SEATS_PER_ROW {
-                        return reject(Code::InvalidInput, format!("a row has 1..={MAX_SEATS_PER_ROW} seats"));
+                        return reject(
+                            Code::InvalidInput,
+                            format!("a row has 1..={MAX_SEATS_PER_ROW} seats"),
+                        );
                     }
                     if next_seat + r.seats > MAX_SEATS_PER_VENUE {
-                        return reject(Code::LimitExceeded, format!("a venue has at most {MAX_SEATS_PER_VENUE} seats"));
+                        return reject(
+                            Code::LimitExceeded,
+                            format!("a venue has at most {MAX_SEATS_PER_VENUE} seats"),
+                        );
                     }
-                    built.push(Row { label: r.label, first_seat: next_seat, seats: r.seats });
+                    built.push(Row {
+                        label: r.label,
+                        first_seat: next_seat,
+                        seats: r.seats,
+                    });
                     next_seat += r.seats;
                 }
-                (name, SectionKind::Seated { first_seat, seats: next_seat - first_seat, rows: built })
+                (
+                    name,
+                    SectionKind::Seated {
+                        first_seat,
+                        seats: next_seat - first_seat,
+                        rows: built,
+                    },
+                )
             }
             SectionSpec::GeneralAdmission { name, capacity } => {
                 if capacity == 0 || capacity > MAX_GA_CAPACITY_PER_SECTION {
-                    return reject(Code::InvalidInput, format!("GA capacity is 1..={MAX_GA_CAPACITY_PER_SECTION}"));
+                    return reject(
+                        Code::InvalidInput,
+                        format!("GA capacity is 1..={MAX_GA_CAPACITY_PER_SECTION}"),
+                    );
                 }
                 (name, SectionKind::GeneralAdmission { capacity })
             }
@@ -1238,7 +1733,10 @@ fn build_sections(specs: Vec<SectionSpec>) -> Result<Vec<Section>> {
             return reject(Code::InvalidInput, "section names must not contain ':'");
         }
         if sections.iter().any(|s| s.name == name) {
-            return reject(Code::InvalidInput, format!("section {name:?} appears twice"));
+            return reject(
+                Code::InvalidInput,
+                format!("section {name:?} appears twice"),
+            );
         }
         sections.push(Section { name, kind });
     }
@@ -1251,16 +1749,28 @@ fn validate_performance(spec: &PerformanceSpec, venue: &Venue) -> Result<Currenc
         return reject(Code::InvalidInput, "the sale must open before it ends");
     }
     if !(MIN_HOLD_TTL_MS..=MAX_HOLD_TTL_MS).contains(&spec.hold_ttl_ms) {
-        return reject(Code::InvalidInput, format!("hold TTL is {MIN_HOLD_TTL_MS}..={MAX_HOLD_TTL_MS} ms"));
+        return reject(
+            Code::InvalidInput,
+            format!("hold TTL is {MIN_HOLD_TTL_MS}..={MAX_HOLD_TTL_MS} ms"),
+        );
     }
     if spec.payment_grace_ms > MAX_PAYMENT_GRACE_MS {
-        return reject(Code::InvalidInput, format!("payment grace is at most {MAX_PAYMENT_GRACE_MS} ms"));
+        return reject(
+            Code::InvalidInput,
+            format!("payment grace is at most {MAX_PAYMENT_GRACE_MS} ms"),
+        );
     }
     if spec.max_seats_per_order == 0 || spec.max_seats_per_order > MAX_SEATS_PER_ORDER {
-        return reject(Code::InvalidInput, format!("max seats per order is 1..={MAX_SEATS_PER_ORDER}"));
+        return reject(
+            Code::InvalidInput,
+            format!("max seats per order is 1..={MAX_SEATS_PER_ORDER}"),
+        );
     }
     if spec.categories.is_empty() || spec.categories.len() > MAX_CATEGORIES_PER_PERFORMANCE {
-        return reject(Code::InvalidInput, format!("give 1..={MAX_CATEGORIES_PER_PERFORMANCE} ticket categories"));
+        return reject(
+            Code::InvalidInput,
+            format!("give 1..={MAX_CATEGORIES_PER_PERFORMANCE} ticket categories"),
+        );
     }
     for (i, c) in spec.categories.iter().enumerate() {
         check_text("category", c, 1, MAX_LABEL_LEN)?;
@@ -1278,27 +1788,51 @@ fn validate_performance(spec: &PerformanceSpec, venue: &Venue) -> Result<Currenc
     }
     for (i, p) in spec.prices.iter().enumerate() {
         if usize::from(p.section.0) >= venue.sections.len() {
-            return reject(Code::InvalidInput, format!("the venue has no section {}", p.section.0));
+            return reject(
+                Code::InvalidInput,
+                format!("the venue has no section {}", p.section.0),
+            );
         }
         if usize::from(p.category.0) >= spec.categories.len() {
-            return reject(Code::InvalidInput, format!("no ticket category {}", p.category.0));
+            return reject(
+                Code::InvalidInput,
+                format!("no ticket category {}", p.category.0),
+            );
         }
         if !p.price.currency.is_valid() || p.price.currency != currency {
-            return reject(Code::InvalidInput, "all prices of a performance share one ISO 4217 currency");
+            return reject(
+                Code::InvalidInput,
+                "all prices of a performance share one ISO 4217 currency",
+            );
         }
         if p.price.amount_minor > MAX_PRICE_MINOR {
-            return reject(Code::InvalidInput, format!("a price is at most {MAX_PRICE_MINOR} minor units"));
+            return reject(
+                Code::InvalidInput,
+                format!("a price is at most {MAX_PRICE_MINOR} minor units"),
+            );
         }
-        if spec.prices[..i].iter().any(|q| q.section == p.section && q.category == p.category) {
-            return reject(Code::InvalidInput, "a section and category are priced twice");
+        if spec.prices[..i]
+            .iter()
+            .any(|q| q.section == p.section && q.category == p.category)
+        {
+            return reject(
+                Code::InvalidInput,
+                "a section and category are priced twice",
+            );
         }
     }
     if let Some(w) = &spec.waiting_room {
         if w.admission_rate_per_sec == 0 || w.admission_rate_per_sec > MAX_ADMISSION_RATE_PER_SEC {
-            return reject(Code::InvalidInput, format!("admission rate is 1..={MAX_ADMISSION_RATE_PER_SEC} per second"));
+            return reject(
+                Code::InvalidInput,
+                format!("admission rate is 1..={MAX_ADMISSION_RATE_PER_SEC} per second"),
+            );
         }
         if !(MIN_ADMISSION_TTL_MS..=MAX_ADMISSION_TTL_MS).contains(&w.admission_ttl_ms) {
-            return reject(Code::InvalidInput, format!("admission TTL is {MIN_ADMISSION_TTL_MS}..={MAX_ADMISSION_TTL_MS} ms"));
+            return reject(
+                Code::InvalidInput,
+                format!("admission TTL is {MIN_ADMISSION_TTL_MS}..={MAX_ADMISSION_TTL_MS} ms"),
+            );
         }
     }
     Ok(currency)
@@ -1314,32 +1848,59 @@ fn validate_hold_request(perf: &Performance, venue: &Venue, what: &HoldRequest) 
                 return reject(Code::InvalidInput, "name at least one seat");
             }
             if list.len() > max {
-                return reject(Code::LimitExceeded, format!("at most {max} seats per order"));
+                return reject(
+                    Code::LimitExceeded,
+                    format!("at most {max} seats per order"),
+                );
             }
             let mut amount = 0u64;
             for (i, &(seat, category)) in list.iter().enumerate() {
                 let Some(cell) = perf.seats.get(seat.0 as usize) else {
-                    return reject(Code::InvalidInput, format!("no seat {} in this venue", seat.0));
+                    return reject(
+                        Code::InvalidInput,
+                        format!("no seat {} in this venue", seat.0),
+                    );
                 };
                 if list[..i].iter().any(|(s, _)| *s == seat) {
-                    return reject(Code::InvalidInput, format!("seat {} is named twice", seat.0));
+                    return reject(
+                        Code::InvalidInput,
+                        format!("seat {} is named twice", seat.0),
+                    );
                 }
                 if !category_ok(category) {
-                    return reject(Code::InvalidInput, format!("no ticket category {}", category.0));
+                    return reject(
+                        Code::InvalidInput,
+                        format!("no ticket category {}", category.0),
+                    );
                 }
-                let section = venue.section_of(seat).expect("every seat index is in a section");
+                let section = venue
+                    .section_of(seat)
+                    .expect("every seat index is in a section");
                 let Some(price) = perf.price(section, category) else {
-                    return reject(Code::InvalidInput, "that ticket category is not sold in that section");
+                    return reject(
+                        Code::InvalidInput,
+                        "that ticket category is not sold in that section",
+                    );
                 };
                 if cell.get() != SeatState::Available {
-                    let name = venue.seat_name(seat).map(|n| n.to_string()).unwrap_or_default();
-                    return reject(Code::SeatUnavailable, format!("seat {name} is not available"));
+                    let name = venue
+                        .seat_name(seat)
+                        .map(|n| n.to_string())
+                        .unwrap_or_default();
+                    return reject(
+                        Code::SeatUnavailable,
+                        format!("seat {name} is not available"),
+                    );
                 }
                 amount += price;
             }
             Ok(amount)
         }
-        &HoldRequest::GeneralAdmission { section, quantity, category } => {
+        &HoldRequest::GeneralAdmission {
+            section,
+            quantity,
+            category,
+        } => {
             let Some(sec) = venue.sections.get(usize::from(section.0)) else {
                 return reject(Code::InvalidInput, format!("no section {}", section.0));
             };
@@ -1350,16 +1911,28 @@ fn validate_hold_request(perf: &Performance, venue: &Venue, what: &HoldRequest) 
                 return reject(Code::InvalidInput, "quantity must be at least 1");
             }
             if usize::from(quantity) > max {
-                return reject(Code::LimitExceeded, format!("at most {max} places per order"));
+                return reject(
+                    Code::LimitExceeded,
+                    format!("at most {max} places per order"),
+                );
             }
             if !category_ok(category) {
-                return reject(Code::InvalidInput, format!("no ticket category {}", category.0));
+                return reject(
+                    Code::InvalidInput,
+                    format!("no ticket category {}", category.0),
+                );
             }
             let Some(price) = perf.price(section, category) else {
-                return reject(Code::InvalidInput, "that ticket category is not sold in that section");
+                return reject(
+                    Code::InvalidInput,
+                    "that ticket category is not sold in that section",
+                );
             };
             if perf.sections[usize::from(section.0)].available() < u32::from(quantity) {
-                return reject(Code::SeatUnavailable, format!("fewer than {quantity} places left in {}", sec.name));
+                return reject(
+                    Code::SeatUnavailable,
+                    format!("fewer than {quantity} places left in {}", sec.name),
+                );
             }
             Ok(price * u64::from(quantity))
         }
@@ -1381,7 +1954,18 @@ pub fn prequeue_rank(seed: &Digest32, queue: QueueId) -> Digest32 {
 fn open_room(room: &mut WaitingRoom, id: PerformanceId, seed: Digest32) -> u32 {
     room.seed = Some(seed);
     let mut pre = std::mem::take(&mut room.prequeue);
-    pre.sort_by_cached_key(|&j| (prequeue_rank(&seed, QueueId { performance: id, join_index: j }), j));
+    pre.sort_by_cached_key(|&j| {
+        (
+            prequeue_rank(
+                &seed,
+                QueueId {
+                    performance: id,
+                    join_index: j,
+                },
+            ),
+            j,
+        )
+    });
     let n = pre.len() as u32;
     for j in pre {
         let e = &mut room.entries[j as usize];
@@ -1404,7 +1988,10 @@ fn close_room(
         match e.state {
             QueueState::PreQueue | QueueState::Waiting => waiting += 1,
             QueueState::Admitted => {
-                let queue = QueueId { performance: id, join_index: j as u32 };
+                let queue = QueueId {
+                    performance: id,
+                    join_index: j as u32,
+                };
                 assert!(admission_expiry.remove(&(e.admitted_until_ms, queue)));
                 room.active_admissions -= 1;
             }
@@ -1422,8 +2009,16 @@ fn close_room(
 /// out: a retry drawn with new codes is the same request.
 fn fingerprint(op: &Op) -> [u8; 16] {
     let bytes = match op {
-        Op::ConfirmHold { hold, payment_ref, codes } => {
-            let normalized = Op::ConfirmHold { hold: *hold, payment_ref: payment_ref.clone(), codes: vec![[0; 16]; codes.len()] };
+        Op::ConfirmHold {
+            hold,
+            payment_ref,
+            codes,
+        } => {
+            let normalized = Op::ConfirmHold {
+                hold: *hold,
+                payment_ref: payment_ref.clone(),
+                codes: vec![[0; 16]; codes.len()],
+            };
             postcard::to_stdvec(&normalized)
         }
         _ => postcard::to_stdvec(op),

@@ -122,25 +122,58 @@ impl Code {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    Bootstrapped { operator_key: ApiKeyId },
+    Bootstrapped {
+        operator_key: ApiKeyId,
+    },
     /// A tick: how many holds and admissions expired and how many queue entries were admitted.
-    Ticked { holds_expired: u32, admissions_expired: u32, admitted: u32 },
-    UserCreated { user: UserId },
-    ApiKeyCreated { key: ApiKeyId },
+    Ticked {
+        holds_expired: u32,
+        admissions_expired: u32,
+        admitted: u32,
+    },
+    UserCreated {
+        user: UserId,
+    },
+    ApiKeyCreated {
+        key: ApiKeyId,
+    },
     ApiKeyRevoked,
-    VenueCreated { venue: VenueId, seats: u32, ga_capacity: u32 },
-    EventCreated { event: EventId },
+    VenueCreated {
+        venue: VenueId,
+        seats: u32,
+        ga_capacity: u32,
+    },
+    EventCreated {
+        event: EventId,
+    },
     EventUpdated,
-    PerformanceCreated { performance: PerformanceId },
-    SaleStatusChanged { status: SaleStatus },
-    SeatsBlocked { changed: u32 },
-    QueueJoined { queue: QueueId, position: Option<u64> },
+    PerformanceCreated {
+        performance: PerformanceId,
+    },
+    SaleStatusChanged {
+        status: SaleStatus,
+    },
+    SeatsBlocked {
+        changed: u32,
+    },
+    QueueJoined {
+        queue: QueueId,
+        position: Option<u64>,
+    },
     HoldPlaced(HoldReceipt),
     HoldReleased,
-    HoldExtended { expires_at_ms: u64 },
+    HoldExtended {
+        expires_at_ms: u64,
+    },
     BookingConfirmed(BookingReceipt),
-    Refunded { amount: Money, tickets: Vec<TicketId> },
-    CheckedIn { ticket: TicketId, booking: BookingId },
+    Refunded {
+        amount: Money,
+        tickets: Vec<TicketId>,
+    },
+    CheckedIn {
+        ticket: TicketId,
+        booking: BookingId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,21 +212,72 @@ pub struct FeedEntry {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
-    PerformanceCreated { performance: PerformanceId, seed_commitment: Option<Digest32> },
-    SaleStatusChanged { performance: PerformanceId, status: SaleStatus },
+    PerformanceCreated {
+        performance: PerformanceId,
+        seed_commitment: Option<Digest32>,
+    },
+    SaleStatusChanged {
+        performance: PerformanceId,
+        status: SaleStatus,
+    },
     /// The waiting room's seed, revealed at opening: with each pre-queue entry's id anyone can
     /// recompute the pre-queue order ([`crate::prequeue_rank`]).
-    SeedRevealed { performance: PerformanceId, seed: Digest32, prequeue_len: u32 },
-    QueueJoined { queue: QueueId, buyer: Principal, prequeue: bool },
-    QueueAdmitted { queue: QueueId, until_ms: u64 },
-    AdmissionExpired { queue: QueueId },
+    SeedRevealed {
+        performance: PerformanceId,
+        seed: Digest32,
+        prequeue_len: u32,
+    },
+    QueueJoined {
+        queue: QueueId,
+        buyer: Principal,
+        prequeue: bool,
+    },
+    QueueAdmitted {
+        queue: QueueId,
+        until_ms: u64,
+    },
+    AdmissionExpired {
+        queue: QueueId,
+    },
     /// Every seat is sold: those still waiting are told at once.
-    QueueSoldOut { performance: PerformanceId, waiting: u32 },
-    HoldPlaced { hold: HoldId, performance: PerformanceId, buyer: Principal, seats: u32, expires_at_ms: u64 },
-    HoldReleased { hold: HoldId, performance: PerformanceId },
-    HoldExpired { hold: HoldId, performance: PerformanceId },
-    HoldExtended { hold: HoldId, expires_at_ms: u64 },
-    BookingConfirmed { booking: BookingId, hold: HoldId, performance: PerformanceId, amount: Money, tickets: u32 },
-    BookingRefunded { booking: BookingId, performance: PerformanceId, amount: Money, tickets: u32 },
-    TicketCheckedIn { ticket: TicketId, booking: BookingId },
+    QueueSoldOut {
+        performance: PerformanceId,
+        waiting: u32,
+    },
+    HoldPlaced {
+        hold: HoldId,
+        performance: PerformanceId,
+        buyer: Principal,
+        seats: u32,
+        expires_at_ms: u64,
+    },
+    HoldReleased {
+        hold: HoldId,
+        performance: PerformanceId,
+    },
+    HoldExpired {
+        hold: HoldId,
+        performance: PerformanceId,
+    },
+    HoldExtended {
+        hold: HoldId,
+        expires_at_ms: u64,
+    },
+    BookingConfirmed {
+        booking: BookingId,
+        hold: HoldId,
+        performance: PerformanceId,
+        amount: Money,
+        tickets: u32,
+    },
+    BookingRefunded {
+        booking: BookingId,
+        performance: PerformanceId,
+        amount: Money,
+        tickets: u32,
+    },
+    TicketCheckedIn {
+        ticket: TicketId,
+        booking: BookingId,
+    },
 }

@@ -25,7 +25,9 @@ pub enum SnapshotError {
     TooShort { len: usize },
     #[error("not a ticketledger snapshot (bad magic bytes)")]
     BadMagic,
-    #[error("snapshot format version {found} is newer than this build supports ({supported}); upgrade ticketd")]
+    #[error(
+        "snapshot format version {found} is newer than this build supports ({supported}); upgrade ticketd"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("snapshot body is {actual} bytes but its header says {declared}: truncated or padded")]
     LengthMismatch { declared: u64, actual: usize },
@@ -62,12 +64,18 @@ impl Ledger {
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion { found: version, supported: SNAPSHOT_FORMAT_VERSION });
+            return Err(SnapshotError::UnsupportedVersion {
+                found: version,
+                supported: SNAPSHOT_FORMAT_VERSION,
+            });
         }
         let declared = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
         let body = &bytes[SNAPSHOT_HEADER_LEN..];
         if declared != body.len() as u64 {
-            return Err(SnapshotError::LengthMismatch { declared, actual: body.len() });
+            return Err(SnapshotError::LengthMismatch {
+                declared,
+                actual: body.len(),
+            });
         }
         if blake3::hash(body).as_bytes() != &bytes[20..52] {
             return Err(SnapshotError::ChecksumMismatch);
@@ -79,7 +87,8 @@ impl Ledger {
     /// checksums and must still reach the decoder).
     #[doc(hidden)]
     pub fn restore_body(body: &[u8]) -> Result<Ledger, SnapshotError> {
-        let state: State = postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let state: State =
+            postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
         validate_structure(&state).map_err(SnapshotError::Malformed)?;
         let ledger = Ledger::from_state(state);
         ledger.check_invariants()?;
@@ -105,73 +114,156 @@ macro_rules! need {
 /// everything after it) can index without panicking.
 fn validate_structure(s: &State) -> Result<(), String> {
     for (id, v) in &s.venues {
-        need!(*id == v.id && !v.sections.is_empty(), "venue {id} keyed wrongly or empty");
+        need!(
+            *id == v.id && !v.sections.is_empty(),
+            "venue {id} keyed wrongly or empty"
+        );
         let mut next = 0u32;
         for sec in &v.sections {
-            if let SectionKind::Seated { first_seat, seats, rows } = &sec.kind {
-                need!(*first_seat == next && !rows.is_empty(), "venue {id} section {} misplaced", sec.name);
+            if let SectionKind::Seated {
+                first_seat,
+                seats,
+                rows,
+            } = &sec.kind
+            {
+                need!(
+                    *first_seat == next && !rows.is_empty(),
+                    "venue {id} section {} misplaced",
+                    sec.name
+                );
                 for r in rows {
-                    need!(r.first_seat == next && r.seats > 0, "venue {id} row {} misplaced", r.label);
+                    need!(
+                        r.first_seat == next && r.seats > 0,
+                        "venue {id} row {} misplaced",
+                        r.label
+                    );
                     next = next.checked_add(r.seats).ok_or("seat count overflows")?;
                 }
-                need!(next - first_seat == *seats, "venue {id} section {} size differs from its rows", sec.name);
+                need!(
+                    next - first_seat == *seats,
+                    "venue {id} section {} size differs from its rows",
+                    sec.name
+                );
             }
         }
         need!(next == v.seats, "venue {id} seat total differs");
     }
     for (id, p) in &s.performances {
         need!(*id == p.id, "performance {id} keyed wrongly");
-        let venue = s.venues.get(&p.venue).ok_or(format!("performance {id} names a missing venue"))?;
-        need!(s.events.contains_key(&p.event), "performance {id} names a missing event");
-        need!(p.seats.len() == venue.seats as usize, "performance {id} seat array size differs");
-        need!(p.sections.len() == venue.sections.len(), "performance {id} section array size differs");
-        need!(p.seats.iter().all(|c| c.is_canonical()), "performance {id} has a malformed seat cell");
-        need!(p.currency.is_valid() && !p.categories.is_empty(), "performance {id} currency or categories");
+        let venue = s
+            .venues
+            .get(&p.venue)
+            .ok_or(format!("performance {id} names a missing venue"))?;
         need!(
-            p.prices.iter().all(|x| usize::from(x.section.0) < p.sections.len()
-                && usize::from(x.category.0) < p.categories.len()
-                && x.price.currency == p.currency),
+            s.events.contains_key(&p.event),
+            "performance {id} names a missing event"
+        );
+        need!(
+            p.seats.len() == venue.seats as usize,
+            "performance {id} seat array size differs"
+        );
+        need!(
+            p.sections.len() == venue.sections.len(),
+            "performance {id} section array size differs"
+        );
+        need!(
+            p.seats.iter().all(|c| c.is_canonical()),
+            "performance {id} has a malformed seat cell"
+        );
+        need!(
+            p.currency.is_valid() && !p.categories.is_empty(),
+            "performance {id} currency or categories"
+        );
+        need!(
+            p.prices
+                .iter()
+                .all(|x| usize::from(x.section.0) < p.sections.len()
+                    && usize::from(x.category.0) < p.categories.len()
+                    && x.price.currency == p.currency),
             "performance {id} has a price out of range"
         );
         if let Some(room) = &p.waiting_room {
             let n = room.entries.len();
-            need!(n <= MAX_QUEUE_LENGTH as usize, "performance {id} queue too long");
             need!(
-                room.order.iter().chain(room.prequeue.iter()).all(|&j| (j as usize) < n),
+                n <= MAX_QUEUE_LENGTH as usize,
+                "performance {id} queue too long"
+            );
+            need!(
+                room.order
+                    .iter()
+                    .chain(room.prequeue.iter())
+                    .all(|&j| (j as usize) < n),
                 "performance {id} queue order names a missing entry"
             );
         }
     }
     for (id, h) in &s.holds {
-        let p = s.performances.get(&h.performance).ok_or(format!("hold {id} names a missing performance"))?;
+        let p = s
+            .performances
+            .get(&h.performance)
+            .ok_or(format!("hold {id} names a missing performance"))?;
         let venue = &s.venues[&p.venue];
         need!(
-            h.seats.iter().all(|(seat, c)| (seat.0 as usize) < p.seats.len() && usize::from(c.0) < p.categories.len()),
+            h.seats
+                .iter()
+                .all(|(seat, c)| (seat.0 as usize) < p.seats.len()
+                    && usize::from(c.0) < p.categories.len()),
             "hold {id} names a seat or category out of range"
         );
         if let Some((sec, _, c)) = h.ga {
-            let ok = venue.sections.get(usize::from(sec.0)).is_some_and(|s| !s.is_seated());
-            need!(ok && usize::from(c.0) < p.categories.len(), "hold {id} names a bad GA section");
+            let ok = venue
+                .sections
+                .get(usize::from(sec.0))
+                .is_some_and(|s| !s.is_seated());
+            need!(
+                ok && usize::from(c.0) < p.categories.len(),
+                "hold {id} names a bad GA section"
+            );
         }
         need!(h.amount.currency.is_valid(), "hold {id} currency");
     }
     for (id, b) in &s.bookings {
-        let p = s.performances.get(&b.performance).ok_or(format!("booking {id} names a missing performance"))?;
+        let p = s
+            .performances
+            .get(&b.performance)
+            .ok_or(format!("booking {id} names a missing performance"))?;
         need!(
-            b.tickets.iter().all(|t| usize::from(t.section.0) < p.sections.len()
-                && t.seat.is_none_or(|seat| (seat.0 as usize) < p.seats.len())),
+            b.tickets
+                .iter()
+                .all(|t| usize::from(t.section.0) < p.sections.len()
+                    && t.seat.is_none_or(|seat| (seat.0 as usize) < p.seats.len())),
             "booking {id} has a ticket out of range"
         );
     }
-    let room_len = |pid| s.performances.get(pid).and_then(|p: &Performance| p.waiting_room.as_ref()).map(|r| r.entries.len());
+    let room_len = |pid| {
+        s.performances
+            .get(pid)
+            .and_then(|p: &Performance| p.waiting_room.as_ref())
+            .map(|r| r.entries.len())
+    };
     need!(
-        s.admission_expiry.iter().all(|(_, q)| room_len(&q.performance).is_some_and(|n| (q.join_index as usize) < n)),
+        s.admission_expiry
+            .iter()
+            .all(|(_, q)| room_len(&q.performance).is_some_and(|n| (q.join_index as usize) < n)),
         "an admission names a missing queue entry"
     );
-    need!(s.rooms_on_sale.iter().all(|p| room_len(p).is_some()), "a room on sale does not exist");
-    need!(s.hold_expiry.iter().all(|(_, h)| s.holds.contains_key(h)), "hold expiry names a missing hold");
-    need!(s.ended_holds.iter().all(|(_, h)| s.holds.contains_key(h)), "ended holds name a missing hold");
-    let order: BTreeSet<_> = s.idempotency_order.iter().map(|(_, p, k)| (*p, k.clone())).collect();
+    need!(
+        s.rooms_on_sale.iter().all(|p| room_len(p).is_some()),
+        "a room on sale does not exist"
+    );
+    need!(
+        s.hold_expiry.iter().all(|(_, h)| s.holds.contains_key(h)),
+        "hold expiry names a missing hold"
+    );
+    need!(
+        s.ended_holds.iter().all(|(_, h)| s.holds.contains_key(h)),
+        "ended holds name a missing hold"
+    );
+    let order: BTreeSet<_> = s
+        .idempotency_order
+        .iter()
+        .map(|(_, p, k)| (*p, k.clone()))
+        .collect();
     need!(
         order.len() == s.idempotency.len() && s.idempotency.keys().all(|k| order.contains(k)),
         "idempotency order list differs from the records"

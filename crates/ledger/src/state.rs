@@ -97,8 +97,14 @@ pub struct Section {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SectionKind {
-    Seated { first_seat: u32, seats: u32, rows: Vec<Row> },
-    GeneralAdmission { capacity: u32 },
+    Seated {
+        first_seat: u32,
+        seats: u32,
+        rows: Vec<Row>,
+    },
+    GeneralAdmission {
+        capacity: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,27 +148,40 @@ impl Venue {
         let (section, row, number) = (parts.next()?, parts.next()?, parts.next()?);
         let number: u32 = number.parse().ok()?;
         let sec = self.sections.iter().find(|s| s.name == section)?;
-        let SectionKind::Seated { rows, .. } = &sec.kind else { return None };
+        let SectionKind::Seated { rows, .. } = &sec.kind else {
+            return None;
+        };
         let row = rows.iter().find(|r| r.label == row)?;
-        (1..=row.seats).contains(&number).then(|| SeatIdx(row.first_seat + number - 1))
+        (1..=row.seats)
+            .contains(&number)
+            .then(|| SeatIdx(row.first_seat + number - 1))
     }
 
     /// The section holding a seat (binary search over seated sections' ranges).
     pub fn section_of(&self, seat: SeatIdx) -> Option<SectionIdx> {
-        self.sections.iter().position(|s| match s.kind {
-            SectionKind::Seated { first_seat, seats, .. } => {
-                seat.0 >= first_seat && seat.0 < first_seat + seats
-            }
-            SectionKind::GeneralAdmission { .. } => false,
-        }).map(|i| SectionIdx(i as u16))
+        self.sections
+            .iter()
+            .position(|s| match s.kind {
+                SectionKind::Seated {
+                    first_seat, seats, ..
+                } => seat.0 >= first_seat && seat.0 < first_seat + seats,
+                SectionKind::GeneralAdmission { .. } => false,
+            })
+            .map(|i| SectionIdx(i as u16))
     }
 
     pub fn seat_name(&self, seat: SeatIdx) -> Option<SeatName<'_>> {
         let sec = &self.sections[self.section_of(seat)?.0 as usize];
-        let SectionKind::Seated { rows, .. } = &sec.kind else { return None };
+        let SectionKind::Seated { rows, .. } = &sec.kind else {
+            return None;
+        };
         let at = rows.partition_point(|r| r.first_seat + r.seats <= seat.0);
         let row = rows.get(at)?;
-        Some(SeatName { section: &sec.name, row: &row.label, number: seat.0 - row.first_seat + 1 })
+        Some(SeatName {
+            section: &sec.name,
+            row: &row.label,
+            number: seat.0 - row.first_seat + 1,
+        })
     }
 }
 
@@ -225,12 +244,14 @@ impl Performance {
             .map(|p| p.price.amount_minor)
     }
     pub fn totals(&self) -> SectionCounts {
-        self.sections.iter().fold(SectionCounts::default(), |a, s| SectionCounts {
-            capacity: a.capacity + s.capacity,
-            held: a.held + s.held,
-            sold: a.sold + s.sold,
-            blocked: a.blocked + s.blocked,
-        })
+        self.sections
+            .iter()
+            .fold(SectionCounts::default(), |a, s| SectionCounts {
+                capacity: a.capacity + s.capacity,
+                held: a.held + s.held,
+                sold: a.sold + s.sold,
+                blocked: a.blocked + s.blocked,
+            })
     }
     pub fn sale_open_at(&self, clock_ms: u64) -> bool {
         self.status == SaleStatus::OnSale

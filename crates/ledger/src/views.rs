@@ -8,11 +8,17 @@ use crate::state::*;
 impl Ledger {
     /// The API key with this digest (revoked keys included: check `revoked`).
     pub fn api_key_by_digest(&self, digest: &Digest32) -> Option<&ApiKey> {
-        self.ix.key_by_digest.get(digest).and_then(|id| self.s.api_keys.get(id))
+        self.ix
+            .key_by_digest
+            .get(digest)
+            .and_then(|id| self.s.api_keys.get(id))
     }
 
     pub fn user_by_email(&self, email: &str) -> Option<&User> {
-        self.ix.user_by_email.get(&email.to_ascii_lowercase()).and_then(|id| self.s.users.get(id))
+        self.ix
+            .user_by_email
+            .get(&email.to_ascii_lowercase())
+            .and_then(|id| self.s.users.get(id))
     }
 
     /// A buyer's entry in a performance's waiting room.
@@ -20,11 +26,19 @@ impl Ledger {
         self.ix
             .queue_by_buyer
             .get(&(performance, buyer))
-            .map(|&join_index| QueueId { performance, join_index })
+            .map(|&join_index| QueueId {
+                performance,
+                join_index,
+            })
     }
 
     pub fn queue_entry(&self, queue: QueueId) -> Option<(&QueueEntry, Option<u64>)> {
-        let room = self.s.performances.get(&queue.performance)?.waiting_room.as_ref()?;
+        let room = self
+            .s
+            .performances
+            .get(&queue.performance)?
+            .waiting_room
+            .as_ref()?;
         let entry = room.entries.get(queue.join_index as usize)?;
         Some((entry, room.position(queue.join_index)))
     }
@@ -62,7 +76,11 @@ impl Ledger {
     /// Whether some open waiting room has entries to admit (the tick must keep running).
     pub fn rooms_admitting(&self) -> bool {
         self.s.rooms_on_sale.iter().any(|p| {
-            self.s.performances.get(p).and_then(|p| p.waiting_room.as_ref()).is_some_and(|r| !r.order.is_empty())
+            self.s
+                .performances
+                .get(p)
+                .and_then(|p| p.waiting_room.as_ref())
+                .is_some_and(|r| !r.order.is_empty())
         })
     }
 }

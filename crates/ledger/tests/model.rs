@@ -95,10 +95,16 @@ struct MPerf {
 
 impl MPerf {
     fn available(&self) -> u32 {
-        self.seats.iter().filter(|s| **s == MSeat::Avail).count() as u32 + GA_CAPACITY - self.ga_held - self.ga_sold
+        self.seats.iter().filter(|s| **s == MSeat::Avail).count() as u32 + GA_CAPACITY
+            - self.ga_held
+            - self.ga_sold
     }
     fn held(&self) -> u32 {
-        self.seats.iter().filter(|s| matches!(s, MSeat::Held(_))).count() as u32 + self.ga_held
+        self.seats
+            .iter()
+            .filter(|s| matches!(s, MSeat::Held(_)))
+            .count() as u32
+            + self.ga_held
     }
 }
 
@@ -122,11 +128,24 @@ struct Model {
 #[derive(Debug, PartialEq)]
 enum Expect {
     Reject(Code),
-    Hold { amount: u64, expires_at: u64, quantity: u32 },
-    Booking { amount: u64, tickets: usize },
-    Refund { amount: u64 },
-    Extended { expires_at: u64 },
-    Joined { position: Option<u64> },
+    Hold {
+        amount: u64,
+        expires_at: u64,
+        quantity: u32,
+    },
+    Booking {
+        amount: u64,
+        tickets: usize,
+    },
+    Refund {
+        amount: u64,
+    },
+    Extended {
+        expires_at: u64,
+    },
+    Joined {
+        position: Option<u64>,
+    },
     Ok,
 }
 
@@ -164,19 +183,33 @@ impl Model {
     /// Ended holds are forgotten an hour after they end.
     fn hold_visible(&self, h: usize) -> bool {
         let hold = &self.holds[h];
-        hold.state == MHoldState::Live || hold.ended_at + limits::ENDED_HOLD_RETENTION_MS > self.clock
+        hold.state == MHoldState::Live
+            || hold.ended_at + limits::ENDED_HOLD_RETENTION_MS > self.clock
     }
 
     fn live_holds(&self, perf: usize, buyer: Principal) -> usize {
-        self.holds.iter().filter(|h| h.perf == perf && h.buyer == buyer && h.state == MHoldState::Live).count()
+        self.holds
+            .iter()
+            .filter(|h| h.perf == perf && h.buyer == buyer && h.state == MHoldState::Live)
+            .count()
     }
 
     fn admitted(&self, buyer: Principal) -> bool {
-        self.queue.iter().any(|(b, s)| *b == buyer && matches!(s, MQ::Admitted(_)))
+        self.queue
+            .iter()
+            .any(|(b, s)| *b == buyer && matches!(s, MQ::Admitted(_)))
     }
 
-    fn hold_rule(&self, who: Who, perf: usize, seats: &[(usize, usize)], ga: Option<(u32, usize)>) -> Expect {
-        let Some(buyer) = who.buyer() else { return rej(Code::Forbidden) };
+    fn hold_rule(
+        &self,
+        who: Who,
+        perf: usize,
+        seats: &[(usize, usize)],
+        ga: Option<(u32, usize)>,
+    ) -> Expect {
+        let Some(buyer) = who.buyer() else {
+            return rej(Code::Forbidden);
+        };
         let p = &self.perfs[perf];
         if !p.on_sale {
             return rej(Code::SaleNotOpen);
@@ -185,9 +218,14 @@ impl Model {
             return rej(Code::AdmissionRequired);
         }
         if p.available() == 0 {
-            return rej(if p.held() == 0 { Code::SoldOut } else { Code::SeatUnavailable });
+            return rej(if p.held() == 0 {
+                Code::SoldOut
+            } else {
+                Code::SeatUnavailable
+            });
         }
-        if self.live_holds(perf, buyer) >= usize::from(limits::MAX_HOLDS_PER_BUYER_PER_PERFORMANCE) {
+        if self.live_holds(perf, buyer) >= usize::from(limits::MAX_HOLDS_PER_BUYER_PER_PERFORMANCE)
+        {
             return rej(Code::LimitExceeded);
         }
         let mut amount = 0;
@@ -201,11 +239,17 @@ impl Model {
             if cat >= 2 {
                 return rej(Code::InvalidInput);
             }
-            let Some(price) = PRICES[1][cat] else { return rej(Code::InvalidInput) };
+            let Some(price) = PRICES[1][cat] else {
+                return rej(Code::InvalidInput);
+            };
             if GA_CAPACITY - p.ga_held - p.ga_sold < qty {
                 return rej(Code::SeatUnavailable);
             }
-            return Expect::Hold { amount: price * u64::from(qty), expires_at: self.clock + TTL, quantity: qty };
+            return Expect::Hold {
+                amount: price * u64::from(qty),
+                expires_at: self.clock + TTL,
+                quantity: qty,
+            };
         }
         if seats.is_empty() {
             return rej(Code::InvalidInput);
@@ -217,16 +261,30 @@ impl Model {
             if s >= SEATS || seats[..i].iter().any(|x| x.0 == s) || cat >= 2 {
                 return rej(Code::InvalidInput);
             }
-            let Some(price) = PRICES[0][cat] else { return rej(Code::InvalidInput) };
+            let Some(price) = PRICES[0][cat] else {
+                return rej(Code::InvalidInput);
+            };
             if p.seats[s] != MSeat::Avail {
                 return rej(Code::SeatUnavailable);
             }
             amount += price;
         }
-        Expect::Hold { amount, expires_at: self.clock + TTL, quantity: seats.len() as u32 }
+        Expect::Hold {
+            amount,
+            expires_at: self.clock + TTL,
+            quantity: seats.len() as u32,
+        }
     }
 
-    fn place(&mut self, id: HoldId, who: Who, perf: usize, seats: Vec<(usize, usize)>, ga: Option<(u32, usize)>, amount: u64) {
+    fn place(
+        &mut self,
+        id: HoldId,
+        who: Who,
+        perf: usize,
+        seats: Vec<(usize, usize)>,
+        ga: Option<(u32, usize)>,
+        amount: u64,
+    ) {
         let h = self.holds.len();
         let p = &mut self.perfs[perf];
         for &(s, _) in &seats {
@@ -282,9 +340,16 @@ impl Model {
         }
         let elapsed = self.clock - self.last_accrual;
         self.last_accrual = self.clock;
-        self.credit_milli = (self.credit_milli + elapsed * ADMISSION_RATE).min(ADMISSION_RATE * 1000);
-        let active = self.queue.iter().filter(|e| matches!(e.1, MQ::Admitted(_))).count() as u32;
-        let n = ((self.credit_milli / 1000) as usize).min(self.order.len()).min((MAX_ACTIVE - active) as usize);
+        self.credit_milli =
+            (self.credit_milli + elapsed * ADMISSION_RATE).min(ADMISSION_RATE * 1000);
+        let active = self
+            .queue
+            .iter()
+            .filter(|e| matches!(e.1, MQ::Admitted(_)))
+            .count() as u32;
+        let n = ((self.credit_milli / 1000) as usize)
+            .min(self.order.len())
+            .min((MAX_ACTIVE - active) as usize);
         self.credit_milli -= n as u64 * 1000;
         for j in self.order.drain(..n) {
             self.queue[j].1 = MQ::Admitted(self.clock + ADMISSION_TTL);
@@ -325,17 +390,52 @@ enum Step {
     /// Move the proposer's clock by `ms - 5000` (so sometimes backwards).
     Advance(u64),
     Tick,
-    Hold { who: Who, perf: usize, seats: Vec<(usize, usize)> },
-    HoldGa { who: Who, perf: usize, qty: u32, cat: usize },
-    Release { who: Who, hold: usize },
-    Extend { who: Who, hold: usize },
-    Confirm { who: Who, hold: usize, reuse_code: bool, short_codes: bool },
-    Refund { booking: usize, tickets: Vec<usize> },
-    Join { who: Who, perf: usize },
-    Open { good_seed: bool },
-    Block { perf: usize, seat: usize, blocked: bool },
+    Hold {
+        who: Who,
+        perf: usize,
+        seats: Vec<(usize, usize)>,
+    },
+    HoldGa {
+        who: Who,
+        perf: usize,
+        qty: u32,
+        cat: usize,
+    },
+    Release {
+        who: Who,
+        hold: usize,
+    },
+    Extend {
+        who: Who,
+        hold: usize,
+    },
+    Confirm {
+        who: Who,
+        hold: usize,
+        reuse_code: bool,
+        short_codes: bool,
+    },
+    Refund {
+        booking: usize,
+        tickets: Vec<usize>,
+    },
+    Join {
+        who: Who,
+        perf: usize,
+    },
+    Open {
+        good_seed: bool,
+    },
+    Block {
+        perf: usize,
+        seat: usize,
+        blocked: bool,
+    },
     /// Resubmit the n-th keyed command: the same op, or another op under the same key.
-    Retry { n: usize, same: bool },
+    Retry {
+        n: usize,
+        same: bool,
+    },
 }
 
 fn who() -> impl Strategy<Value = Who> {
@@ -398,7 +498,10 @@ fn perf_spec(event: EventId, venue: VenueId, room: bool) -> PerformanceSpec {
                 prices.push(PriceSpec {
                     section: SectionIdx(s as u16),
                     category: CategoryIdx(c as u8),
-                    price: Money { amount_minor: *p, currency: eur },
+                    price: Money {
+                        amount_minor: *p,
+                        currency: eur,
+                    },
                 });
             }
         }
@@ -468,15 +571,24 @@ impl Harness {
             next_code: 1,
             history: Vec::new(),
         };
-        let Reply::Bootstrapped { operator_key } =
-            h.setup(Principal::System, Op::Bootstrap { operator_key_digest: [1; 32], token_secret: [2; 32] })
-        else {
+        let Reply::Bootstrapped { operator_key } = h.setup(
+            Principal::System,
+            Op::Bootstrap {
+                operator_key_digest: [1; 32],
+                token_secret: [2; 32],
+            },
+        ) else {
             unreachable!()
         };
         let op = Principal::ApiKey(operator_key);
-        let Reply::ApiKeyCreated { key } =
-            h.setup(op, Op::CreateApiKey { name: "payments".into(), role: Role::Service, key_digest: [3; 32] })
-        else {
+        let Reply::ApiKeyCreated { key } = h.setup(
+            op,
+            Op::CreateApiKey {
+                name: "payments".into(),
+                role: Role::Service,
+                key_digest: [3; 32],
+            },
+        ) else {
             unreachable!()
         };
         h.service = Principal::ApiKey(key);
@@ -486,24 +598,43 @@ impl Harness {
             password_hash: vec![1],
             role,
         };
-        let Reply::UserCreated { user: org } = h.setup(op, user("org@x.io", Role::Organizer)) else { unreachable!() };
+        let Reply::UserCreated { user: org } = h.setup(op, user("org@x.io", Role::Organizer))
+        else {
+            unreachable!()
+        };
         h.organizer = Principal::User(org);
         for (i, id) in BUYER_IDS.iter().enumerate() {
-            let Reply::UserCreated { user } = h.setup(Principal::System, user(&format!("b{i}@x.io"), Role::Buyer))
+            let Reply::UserCreated { user } =
+                h.setup(Principal::System, user(&format!("b{i}@x.io"), Role::Buyer))
             else {
                 unreachable!()
             };
             assert_eq!(user, UserId(*id), "fixture ids moved: update BUYER_IDS");
         }
         let org = h.organizer;
-        let rows = vec![RowSpec { label: "1".into(), seats: 4 }, RowSpec { label: "2".into(), seats: 4 }];
+        let rows = vec![
+            RowSpec {
+                label: "1".into(),
+                seats: 4,
+            },
+            RowSpec {
+                label: "2".into(),
+                seats: 4,
+            },
+        ];
         let Reply::VenueCreated { venue, .. } = h.setup(
             org,
             Op::CreateVenue {
                 name: "Hall".into(),
                 sections: vec![
-                    SectionSpec::Seated { name: "S".into(), rows },
-                    SectionSpec::GeneralAdmission { name: "G".into(), capacity: GA_CAPACITY },
+                    SectionSpec::Seated {
+                        name: "S".into(),
+                        rows,
+                    },
+                    SectionSpec::GeneralAdmission {
+                        name: "G".into(),
+                        capacity: GA_CAPACITY,
+                    },
                 ],
             },
         ) else {
@@ -511,19 +642,32 @@ impl Harness {
         };
         let Reply::EventCreated { event } = h.setup(
             org,
-            Op::CreateEvent { name: "Show".into(), category: "music".into(), description: String::new(), media: vec![] },
+            Op::CreateEvent {
+                name: "Show".into(),
+                category: "music".into(),
+                description: String::new(),
+                media: vec![],
+            },
         ) else {
             unreachable!()
         };
         for (i, room) in [false, true].into_iter().enumerate() {
-            let Reply::PerformanceCreated { performance } = h.setup(org, Op::CreatePerformance(perf_spec(event, venue, room)))
+            let Reply::PerformanceCreated { performance } =
+                h.setup(org, Op::CreatePerformance(perf_spec(event, venue, room)))
             else {
                 unreachable!()
             };
             h.model.perfs[i].id = performance;
         }
         let a = h.model.perfs[0].id;
-        h.setup(org, Op::SetSaleStatus { performance: a, status: SaleStatus::OnSale, seed: None });
+        h.setup(
+            org,
+            Op::SetSaleStatus {
+                performance: a,
+                status: SaleStatus::OnSale,
+                seed: None,
+            },
+        );
         h.model.perfs[0].on_sale = true;
         h
     }
@@ -587,11 +731,16 @@ impl Harness {
         let mut cmd = first.clone();
         cmd.stamp_ms = self.now;
         if !same {
-            cmd.op = Op::ReleaseHold { hold: HoldId(u64::MAX >> 8) };
+            cmd.op = Op::ReleaseHold {
+                hold: HoldId(u64::MAX >> 8),
+            };
         }
         let outcome = self.send(cmd);
         if same {
-            assert_eq!(outcome, first_outcome, "a retry must return the first outcome");
+            assert_eq!(
+                outcome, first_outcome,
+                "a retry must return the first outcome"
+            );
         } else {
             assert_eq!(outcome.code(), Some(Code::IdempotencyConflict));
         }
@@ -604,18 +753,40 @@ impl Harness {
         match step {
             Step::Tick => (Principal::System, Op::Tick, Expect::Ok),
             Step::Hold { who, perf, seats } => {
-                let list = seats.iter().map(|&(s, c)| (SeatIdx(s as u32), CategoryIdx(c as u8))).collect();
+                let list = seats
+                    .iter()
+                    .map(|&(s, c)| (SeatIdx(s as u32), CategoryIdx(c as u8)))
+                    .collect();
                 let expect = m.hold_rule(*who, *perf, seats, None);
-                (self.principal(*who), Op::PlaceHold { performance: m.perfs[*perf].id, what: HoldRequest::Seats(list) }, expect)
+                (
+                    self.principal(*who),
+                    Op::PlaceHold {
+                        performance: m.perfs[*perf].id,
+                        what: HoldRequest::Seats(list),
+                    },
+                    expect,
+                )
             }
-            Step::HoldGa { who, perf, qty, cat } => {
+            Step::HoldGa {
+                who,
+                perf,
+                qty,
+                cat,
+            } => {
                 let expect = m.hold_rule(*who, *perf, &[], Some((*qty, *cat)));
                 let what = HoldRequest::GeneralAdmission {
                     section: SectionIdx(1),
                     quantity: *qty as u16,
                     category: CategoryIdx(*cat as u8),
                 };
-                (self.principal(*who), Op::PlaceHold { performance: m.perfs[*perf].id, what }, expect)
+                (
+                    self.principal(*who),
+                    Op::PlaceHold {
+                        performance: m.perfs[*perf].id,
+                        what,
+                    },
+                    expect,
+                )
             }
             Step::Release { who, hold } => {
                 let (h, id) = self.hold_id(*hold);
@@ -635,12 +806,26 @@ impl Harness {
                     Some(h) => match m.live_code(h) {
                         Some(c) => rej(c),
                         None if m.holds[h].extended => rej(Code::InvalidState),
-                        None => Expect::Extended { expires_at: m.holds[h].expires_at.max(m.clock + GRACE) },
+                        None => Expect::Extended {
+                            expires_at: m.holds[h].expires_at.max(m.clock + GRACE),
+                        },
                     },
                 };
-                (self.principal(*who), Op::ExtendHold { hold: id, payment_ref: "pay-1".into() }, expect)
+                (
+                    self.principal(*who),
+                    Op::ExtendHold {
+                        hold: id,
+                        payment_ref: "pay-1".into(),
+                    },
+                    expect,
+                )
             }
-            Step::Confirm { who, hold, reuse_code, short_codes } => {
+            Step::Confirm {
+                who,
+                hold,
+                reuse_code,
+                short_codes,
+            } => {
                 let (h, id) = self.hold_id(*hold);
                 let n = h.map_or(1, |h| m.holds[h].seats.len() + m.holds[h].ga as usize);
                 let reuse = *reuse_code && !m.used_codes.is_empty();
@@ -662,27 +847,52 @@ impl Harness {
                         Some(h) => match m.live_code(h) {
                             Some(c) => rej(c),
                             None if codes.len() != n => rej(Code::InvalidInput),
-                            None if codes.iter().any(|c| m.used_codes.contains(c)) => rej(Code::AlreadyExists),
-                            None => Expect::Booking { amount: m.holds[h].amount, tickets: n },
+                            None if codes.iter().any(|c| m.used_codes.contains(c)) => {
+                                rej(Code::AlreadyExists)
+                            }
+                            None => Expect::Booking {
+                                amount: m.holds[h].amount,
+                                tickets: n,
+                            },
                         },
                     }
                 };
-                (self.principal(*who), Op::ConfirmHold { hold: id, payment_ref: "pay-1".into(), codes }, expect)
+                (
+                    self.principal(*who),
+                    Op::ConfirmHold {
+                        hold: id,
+                        payment_ref: "pay-1".into(),
+                        codes,
+                    },
+                    expect,
+                )
             }
             Step::Refund { booking, tickets } => {
                 let len = m.bookings.len();
-                let booking = &if *booking == NONE || len == 0 { NONE } else { len - 1 - booking % len };
+                let booking = &if *booking == NONE || len == 0 {
+                    NONE
+                } else {
+                    len - 1 - booking % len
+                };
                 let b = m.bookings.get(*booking);
                 let id = b.map_or(BookingId(1 << 40), |b| b.id);
                 let ids: Vec<TicketId> = tickets
                     .iter()
-                    .map(|&t| b.and_then(|b| b.tickets.get(t)).map_or(TicketId(1 << 41), |t| t.id))
+                    .map(|&t| {
+                        b.and_then(|b| b.tickets.get(t))
+                            .map_or(TicketId(1 << 41), |t| t.id)
+                    })
                     .collect();
                 let expect = match b {
                     None => rej(Code::NotFound),
                     Some(b) if ids.is_empty() => {
-                        let amount: u64 = b.tickets.iter().filter(|t| t.valid).map(|t| t.price).sum();
-                        if b.tickets.iter().any(|t| t.valid) { Expect::Refund { amount } } else { rej(Code::TicketUsed) }
+                        let amount: u64 =
+                            b.tickets.iter().filter(|t| t.valid).map(|t| t.price).sum();
+                        if b.tickets.iter().any(|t| t.valid) {
+                            Expect::Refund { amount }
+                        } else {
+                            rej(Code::TicketUsed)
+                        }
                     }
                     Some(b) if ids.len() > b.tickets.len() => rej(Code::InvalidInput),
                     Some(b) => {
@@ -710,7 +920,11 @@ impl Harness {
                         result.map_or(Expect::Refund { amount }, rej)
                     }
                 };
-                let op = Op::Refund { booking: id, tickets: ids, refund_ref: "r-1".into() };
+                let op = Op::Refund {
+                    booking: id,
+                    tickets: ids,
+                    refund_ref: "r-1".into(),
+                };
                 (self.service, op, expect)
             }
             Step::Join { who, perf } => {
@@ -721,9 +935,17 @@ impl Harness {
                     Some(_) if m.sold_out => rej(Code::SoldOut),
                     Some(b) if m.queue.iter().any(|e| e.0 == b) => rej(Code::AlreadyExists),
                     Some(_) if !m.seed_revealed => Expect::Joined { position: None },
-                    Some(_) => Expect::Joined { position: Some(m.order.len() as u64) },
+                    Some(_) => Expect::Joined {
+                        position: Some(m.order.len() as u64),
+                    },
                 };
-                (self.principal(*who), Op::JoinQueue { performance: m.perfs[*perf].id }, expect)
+                (
+                    self.principal(*who),
+                    Op::JoinQueue {
+                        performance: m.perfs[*perf].id,
+                    },
+                    expect,
+                )
             }
             Step::Open { good_seed } => {
                 let expect = if m.perfs[1].on_sale {
@@ -734,16 +956,28 @@ impl Harness {
                     Expect::Ok
                 };
                 let seed = Some(if *good_seed { SEED } else { [9; 32] });
-                let op = Op::SetSaleStatus { performance: m.perfs[1].id, status: SaleStatus::OnSale, seed };
+                let op = Op::SetSaleStatus {
+                    performance: m.perfs[1].id,
+                    status: SaleStatus::OnSale,
+                    seed,
+                };
                 (self.organizer, op, expect)
             }
-            Step::Block { perf, seat, blocked } => {
+            Step::Block {
+                perf,
+                seat,
+                blocked,
+            } => {
                 let expect = match m.perfs[*perf].seats.get(*seat) {
                     None => rej(Code::InvalidInput),
                     Some(MSeat::Held(_) | MSeat::Sold(_)) => rej(Code::SeatUnavailable),
                     Some(_) => Expect::Ok,
                 };
-                let op = Op::SetSeatsBlocked { performance: m.perfs[*perf].id, seats: vec![SeatIdx(*seat as u32)], blocked: *blocked };
+                let op = Op::SetSeatsBlocked {
+                    performance: m.perfs[*perf].id,
+                    seats: vec![SeatIdx(*seat as u32)],
+                    blocked: *blocked,
+                };
                 (self.organizer, op, expect)
             }
             Step::Advance(_) | Step::Retry { .. } => unreachable!("handled in step"),
@@ -754,22 +988,35 @@ impl Harness {
     fn compare(&mut self, step: &Step, expect: &Expect, outcome: &Outcome) {
         let got = match outcome {
             Outcome::Rejected(r) => Expect::Reject(r.code),
-            Outcome::Ok(Reply::HoldPlaced(r)) => {
-                Expect::Hold { amount: r.amount.amount_minor, expires_at: r.expires_at_ms, quantity: r.quantity }
-            }
-            Outcome::Ok(Reply::BookingConfirmed(r)) => {
-                Expect::Booking { amount: r.amount.amount_minor, tickets: r.tickets.len() }
-            }
-            Outcome::Ok(Reply::Refunded { amount, .. }) => Expect::Refund { amount: amount.amount_minor },
-            Outcome::Ok(Reply::HoldExtended { expires_at_ms }) => Expect::Extended { expires_at: *expires_at_ms },
-            Outcome::Ok(Reply::QueueJoined { position, .. }) => Expect::Joined { position: *position },
+            Outcome::Ok(Reply::HoldPlaced(r)) => Expect::Hold {
+                amount: r.amount.amount_minor,
+                expires_at: r.expires_at_ms,
+                quantity: r.quantity,
+            },
+            Outcome::Ok(Reply::BookingConfirmed(r)) => Expect::Booking {
+                amount: r.amount.amount_minor,
+                tickets: r.tickets.len(),
+            },
+            Outcome::Ok(Reply::Refunded { amount, .. }) => Expect::Refund {
+                amount: amount.amount_minor,
+            },
+            Outcome::Ok(Reply::HoldExtended { expires_at_ms }) => Expect::Extended {
+                expires_at: *expires_at_ms,
+            },
+            Outcome::Ok(Reply::QueueJoined { position, .. }) => Expect::Joined {
+                position: *position,
+            },
             Outcome::Ok(_) => Expect::Ok,
         };
         assert_eq!(&got, expect, "step {step:?}: ledger said {outcome:?}");
         if std::env::var_os("MODEL_STATS").is_some() {
             let kind = match outcome {
                 Outcome::Rejected(r) => r.code.as_str().to_string(),
-                Outcome::Ok(r) => format!("{r:?}").split([' ', '(', '{']).next().unwrap_or("").to_string(),
+                Outcome::Ok(r) => format!("{r:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
             };
             eprintln!("STAT {kind}");
         }
@@ -778,11 +1025,15 @@ impl Harness {
         }
         // Resolve relative references before the model changes.
         let hold_ix = match step {
-            Step::Release { hold, .. } | Step::Extend { hold, .. } | Step::Confirm { hold, .. } => self.hold_id(*hold).0,
+            Step::Release { hold, .. } | Step::Extend { hold, .. } | Step::Confirm { hold, .. } => {
+                self.hold_id(*hold).0
+            }
             _ => None,
         };
         let booking_ix = match step {
-            Step::Refund { booking, .. } => Some(self.model.bookings.len() - 1 - booking % self.model.bookings.len()),
+            Step::Refund { booking, .. } => {
+                Some(self.model.bookings.len() - 1 - booking % self.model.bookings.len())
+            }
             _ => None,
         };
         let m = &mut self.model;
@@ -792,7 +1043,15 @@ impl Harness {
                 let amount = r.amount.amount_minor;
                 m.place(r.hold, *who, *perf, seats.clone(), None, amount);
             }
-            (Step::HoldGa { who, perf, qty, cat }, Outcome::Ok(Reply::HoldPlaced(r))) => {
+            (
+                Step::HoldGa {
+                    who,
+                    perf,
+                    qty,
+                    cat,
+                },
+                Outcome::Ok(Reply::HoldPlaced(r)),
+            ) => {
                 let amount = r.amount.amount_minor;
                 m.place(r.hold, *who, *perf, vec![], Some((*qty, *cat)), amount);
             }
@@ -822,10 +1081,19 @@ impl Harness {
                 let tickets = r
                     .tickets
                     .iter()
-                    .map(|t| MTicket { id: t.ticket, seat: t.seat.map(|s| s.0 as usize), price: t.price.amount_minor, valid: true })
+                    .map(|t| MTicket {
+                        id: t.ticket,
+                        seat: t.seat.map(|s| s.0 as usize),
+                        price: t.price.amount_minor,
+                        valid: true,
+                    })
                     .collect();
                 m.used_codes.extend(r.tickets.iter().map(|t| t.code));
-                m.bookings.push(MBooking { id: r.booking, perf: hold.perf, tickets });
+                m.bookings.push(MBooking {
+                    id: r.booking,
+                    perf: hold.perf,
+                    tickets,
+                });
             }
             (Step::Refund { .. }, Outcome::Ok(Reply::Refunded { tickets, amount })) => {
                 let b = &mut m.bookings[booking_ix.expect("refunded an existing booking")];
@@ -854,7 +1122,18 @@ impl Harness {
             (Step::Open { .. }, _) => {
                 let perf = m.perfs[1].id;
                 let mut pre: Vec<usize> = (0..m.queue.len()).collect();
-                pre.sort_by_key(|&j| (prequeue_rank(&SEED, QueueId { performance: perf, join_index: j as u32 }), j));
+                pre.sort_by_key(|&j| {
+                    (
+                        prequeue_rank(
+                            &SEED,
+                            QueueId {
+                                performance: perf,
+                                join_index: j as u32,
+                            },
+                        ),
+                        j,
+                    )
+                });
                 for &j in &pre {
                     m.queue[j].1 = MQ::Waiting;
                 }
@@ -864,8 +1143,19 @@ impl Harness {
                 m.last_accrual = m.clock;
                 m.credit_milli = 0;
             }
-            (Step::Block { perf, seat, blocked }, _) => {
-                m.perfs[*perf].seats[*seat] = if *blocked { MSeat::Blocked } else { MSeat::Avail };
+            (
+                Step::Block {
+                    perf,
+                    seat,
+                    blocked,
+                },
+                _,
+            ) => {
+                m.perfs[*perf].seats[*seat] = if *blocked {
+                    MSeat::Blocked
+                } else {
+                    MSeat::Avail
+                };
                 if *perf == 1 && !blocked {
                     m.reopen_if_stock();
                 }
@@ -876,7 +1166,9 @@ impl Harness {
 
     /// Everything the model knows must match the ledger's state.
     fn check_state(&self) {
-        self.ledger.check_invariants().expect("invariants hold after every step");
+        self.ledger
+            .check_invariants()
+            .expect("invariants hold after every step");
         let s = self.ledger.state();
         assert_eq!(s.clock_ms, self.model.clock);
         for (mp, i) in self.model.perfs.iter().zip(0..) {
@@ -890,10 +1182,17 @@ impl Harness {
                 };
                 assert_eq!(perf.seats[k].get(), want, "perf {i} seat {k}");
             }
-            assert_eq!((perf.sections[1].held, perf.sections[1].sold), (mp.ga_held, mp.ga_sold), "perf {i} GA");
+            assert_eq!(
+                (perf.sections[1].held, perf.sections[1].sold),
+                (mp.ga_held, mp.ga_sold),
+                "perf {i} GA"
+            );
             assert_eq!(perf.revenue_minor, mp.revenue, "perf {i} revenue");
         }
-        let room = s.performances[&self.model.perfs[1].id].waiting_room.as_ref().unwrap();
+        let room = s.performances[&self.model.perfs[1].id]
+            .waiting_room
+            .as_ref()
+            .unwrap();
         for (j, (buyer, st)) in self.model.queue.iter().enumerate() {
             let e = &room.entries[j];
             assert_eq!(e.buyer, *buyer);
@@ -936,7 +1235,11 @@ fn run(steps: &[(Step, bool)]) {
         for (k, cmd) in h.history[applied..].iter().enumerate() {
             restored.apply(first + k as u64, cmd.clone());
         }
-        assert_eq!(restored.state_hash(), h.ledger.state_hash(), "snapshot + replay diverged");
+        assert_eq!(
+            restored.state_hash(),
+            h.ledger.state_hash(),
+            "snapshot + replay diverged"
+        );
     }
 }
 
@@ -967,12 +1270,48 @@ fn scripted_on_sale() {
         (Tick, false),
         (Advance(6_000), false),
         (Tick, false),
-        (Hold { who: b0, perf: 1, seats: vec![(0, 0), (1, 1)] }, false),
-        (Hold { who: b1, perf: 0, seats: vec![(0, 0)] }, true),
-        (Confirm { who: Who::Service, hold: 0, reuse_code: false, short_codes: false }, false),
-        (Refund { booking: 0, tickets: vec![1] }, false),
+        (
+            Hold {
+                who: b0,
+                perf: 1,
+                seats: vec![(0, 0), (1, 1)],
+            },
+            false,
+        ),
+        (
+            Hold {
+                who: b1,
+                perf: 0,
+                seats: vec![(0, 0)],
+            },
+            true,
+        ),
+        (
+            Confirm {
+                who: Who::Service,
+                hold: 0,
+                reuse_code: false,
+                short_codes: false,
+            },
+            false,
+        ),
+        (
+            Refund {
+                booking: 0,
+                tickets: vec![1],
+            },
+            false,
+        ),
         (Advance(15_000), false),
-        (Confirm { who: Who::Service, hold: 1, reuse_code: false, short_codes: false }, false),
+        (
+            Confirm {
+                who: Who::Service,
+                hold: 1,
+                reuse_code: false,
+                short_codes: false,
+            },
+            false,
+        ),
         (Retry { n: 1, same: true }, false),
         (Retry { n: 0, same: false }, false),
     ]);
@@ -987,7 +1326,14 @@ fn late_payment_books_free_seats_or_is_refused() {
     let buyer = Who::Buyer(0).buyer().unwrap();
     let place = |h: &mut Harness, seat: u32| -> HoldId {
         let what = HoldRequest::Seats(vec![(SeatIdx(seat), CategoryIdx(0))]);
-        match h.send(Command::new(h.now, buyer, Op::PlaceHold { performance: a, what })) {
+        match h.send(Command::new(
+            h.now,
+            buyer,
+            Op::PlaceHold {
+                performance: a,
+                what,
+            },
+        )) {
             Outcome::Ok(Reply::HoldPlaced(r)) => r.hold,
             o => panic!("{o:?}"),
         }
@@ -995,12 +1341,25 @@ fn late_payment_books_free_seats_or_is_refused() {
     let (hold, other) = (place(&mut h, 0), place(&mut h, 1));
     let service = h.service;
     let late = |h: &mut Harness, hold: HoldId, r: &str| {
-        let op = Op::ConfirmLate { hold, payment_ref: r.into(), codes: vec![[hold.0 as u8; 16]] };
+        let op = Op::ConfirmLate {
+            hold,
+            payment_ref: r.into(),
+            codes: vec![[hold.0 as u8; 16]],
+        };
         h.send(Command::new(h.now, service, op))
     };
     // A live hold is confirmed, not booked late; an unextended one cannot be booked late.
     assert_eq!(late(&mut h, hold, "pay-1").code(), Some(Code::InvalidState));
-    let ext = |h: &mut Harness, hold| h.send(Command::new(h.now, service, Op::ExtendHold { hold, payment_ref: "pay-1".into() }));
+    let ext = |h: &mut Harness, hold| {
+        h.send(Command::new(
+            h.now,
+            service,
+            Op::ExtendHold {
+                hold,
+                payment_ref: "pay-1".into(),
+            },
+        ))
+    };
     assert!(ext(&mut h, hold).is_ok());
     assert!(ext(&mut h, other).is_ok());
     h.now += 60_000;
@@ -1009,11 +1368,33 @@ fn late_payment_books_free_seats_or_is_refused() {
     // Someone else takes seat 1 meanwhile.
     let b1 = Who::Buyer(1).buyer().unwrap();
     let what = HoldRequest::Seats(vec![(SeatIdx(1), CategoryIdx(0))]);
-    assert!(h.send(Command::new(h.now, b1, Op::PlaceHold { performance: a, what })).is_ok());
+    assert!(
+        h.send(Command::new(
+            h.now,
+            b1,
+            Op::PlaceHold {
+                performance: a,
+                what
+            }
+        ))
+        .is_ok()
+    );
     let before = h.ledger.clone();
-    assert_eq!(late(&mut h, hold, "pay-other").code(), Some(Code::InvalidState), "wrong payment_ref");
-    assert_eq!(late(&mut h, other, "pay-1").code(), Some(Code::SeatUnavailable), "seat 1 was taken");
-    assert_eq!(h.ledger.state().holds, before.state().holds, "refusals change nothing");
+    assert_eq!(
+        late(&mut h, hold, "pay-other").code(),
+        Some(Code::InvalidState),
+        "wrong payment_ref"
+    );
+    assert_eq!(
+        late(&mut h, other, "pay-1").code(),
+        Some(Code::SeatUnavailable),
+        "seat 1 was taken"
+    );
+    assert_eq!(
+        h.ledger.state().holds,
+        before.state().holds,
+        "refusals change nothing"
+    );
     match late(&mut h, hold, "pay-1") {
         Outcome::Ok(Reply::BookingConfirmed(b)) => {
             assert_eq!(b.tickets.len(), 1);
@@ -1022,6 +1403,10 @@ fn late_payment_books_free_seats_or_is_refused() {
         }
         o => panic!("late payment on free seats must book: {o:?}"),
     }
-    assert_eq!(late(&mut h, hold, "pay-1").code(), Some(Code::HoldNotLive), "booked once only");
+    assert_eq!(
+        late(&mut h, hold, "pay-1").code(),
+        Some(Code::HoldNotLive),
+        "booked once only"
+    );
     h.ledger.check_invariants().unwrap();
 }

@@ -1,6 +1,5 @@
 //! The operator's cluster API: init, status, membership, leader transfer, snapshot, backup.
 
-use openraft::type_config::async_runtime::WatchReceiver as _;
 use crate::app::{App, Consistency};
 use crate::error::ApiError;
 use crate::http::{Body, authenticate};
@@ -10,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ledger::{Command, Op, Outcome, Principal, Reply, Role, hex};
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use raft_store::{Node, Request};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -33,15 +33,25 @@ async fn operator(app: &App, headers: &HeaderMap) -> Result<()> {
     if app.role_of(p) == Some(Role::Operator) {
         Ok(())
     } else {
-        Err(ApiError::forbidden("cluster administration needs an operator key"))
+        Err(ApiError::forbidden(
+            "cluster administration needs an operator key",
+        ))
     }
 }
 
 impl App {
     pub fn local_status(&self) -> api::NodeStatus {
         let m = self.raft.metrics().borrow_watched().clone();
-        let node = m.membership_config.membership().get_node(&self.cfg.id).cloned();
-        let is_voter = m.membership_config.membership().voter_ids().any(|v| v == self.cfg.id);
+        let node = m
+            .membership_config
+            .membership()
+            .get_node(&self.cfg.id)
+            .cloned();
+        let is_voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.cfg.id);
         let role = match m.state {
             openraft::ServerState::Leader => "leader",
             openraft::ServerState::Candidate => "candidate",
@@ -51,8 +61,12 @@ impl App {
         };
         api::NodeStatus {
             id: self.cfg.id,
-            grpc_addr: node.as_ref().map_or(self.cfg.advertise_grpc.clone(), |n| n.grpc_addr.clone()),
-            http_addr: node.as_ref().map_or(self.cfg.advertise_http.clone(), |n| n.http_addr.clone()),
+            grpc_addr: node
+                .as_ref()
+                .map_or(self.cfg.advertise_grpc.clone(), |n| n.grpc_addr.clone()),
+            http_addr: node
+                .as_ref()
+                .map_or(self.cfg.advertise_http.clone(), |n| n.http_addr.clone()),
             role: role.into(),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
@@ -103,36 +117,66 @@ impl App {
 
 /// Create the cluster on this node (a one-member cluster that others join as learners) and
 /// the bootstrap operator key. Allowed once, unauthenticated: nothing exists to authenticate.
-async fn init(State(app): State<Arc<App>>, Body(b): Body<api::InitCluster>) -> Result<Json<api::ClusterStatus>> {
+async fn init(
+    State(app): State<Arc<App>>,
+    Body(b): Body<api::InitCluster>,
+) -> Result<Json<api::ClusterStatus>> {
     if b.admin_key.len() < 16 || b.admin_key.len() > 256 {
         return Err(ApiError::invalid("admin_key must be 16..=256 characters"));
     }
-    if app.raft.is_initialized().await.map_err(|e| ApiError::internal(e.to_string()))? {
-        return Err(ApiError::new(axum::http::StatusCode::CONFLICT, "already_exists", "the cluster is already initialized"));
+    if app
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "already_exists",
+            "the cluster is already initialized",
+        ));
     }
-    let me = Node { grpc_addr: app.cfg.advertise_grpc.clone(), http_addr: app.cfg.advertise_http.clone() };
+    let me = Node {
+        grpc_addr: app.cfg.advertise_grpc.clone(),
+        http_addr: app.cfg.advertise_http.clone(),
+    };
     app.raft
         .initialize(BTreeMap::from([(app.cfg.id, me)]))
         .await
-        .map_err(|e| ApiError::new(axum::http::StatusCode::CONFLICT, "already_exists", format!("cannot initialize: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "already_exists",
+                format!("cannot initialize: {e}"),
+            )
+        })?;
     app.raft
         .wait(Some(Duration::from_secs(10)))
         .current_leader(app.cfg.id, "initialized")
         .await
-        .map_err(|e| ApiError::unavailable("no_leader", format!("this node did not become leader: {e}")))?;
+        .map_err(|e| {
+            ApiError::unavailable("no_leader", format!("this node did not become leader: {e}"))
+        })?;
     let op = Op::Bootstrap {
         operator_key_digest: *blake3::hash(b.admin_key.as_bytes()).as_bytes(),
         token_secret: rand::random(),
     };
     let cmd = Command::new(app.now_ms(), Principal::System, op);
-    let resp = app.raft.client_write(Request::command(cmd)).await.map_err(|e| ApiError::unavailable("unavailable", e.to_string()))?;
+    let resp = app
+        .raft
+        .client_write(Request::command(cmd))
+        .await
+        .map_err(|e| ApiError::unavailable("unavailable", e.to_string()))?;
     match resp.data.outcome() {
         Some(Outcome::Ok(Reply::Bootstrapped { .. })) => Ok(Json(app.cluster_status().await)),
         other => Err(ApiError::internal(format!("bootstrap failed: {other:?}"))),
     }
 }
 
-async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<api::ClusterStatus>> {
+async fn status(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<api::ClusterStatus>> {
     operator(&app, &headers).await?;
     Ok(Json(app.cluster_status().await))
 }
@@ -140,19 +184,32 @@ async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<
 fn raft_error(e: impl std::fmt::Display) -> ApiError {
     let text = e.to_string();
     if text.contains("forward") || text.contains("leader") {
-        ApiError::unavailable("not_leader", format!("{text}; send cluster changes to the leader"))
+        ApiError::unavailable(
+            "not_leader",
+            format!("{text}; send cluster changes to the leader"),
+        )
     } else {
         ApiError::new(axum::http::StatusCode::CONFLICT, "invalid_state", text)
     }
 }
 
-async fn add_learner(State(app): State<Arc<App>>, headers: HeaderMap, Body(b): Body<api::AddLearner>) -> Result<Json<api::ClusterStatus>> {
+async fn add_learner(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Body(b): Body<api::AddLearner>,
+) -> Result<Json<api::ClusterStatus>> {
     operator(&app, &headers).await?;
     if b.node_id == 0 {
         return Err(ApiError::invalid("node_id must be positive"));
     }
-    let node = Node { grpc_addr: b.grpc_addr, http_addr: b.http_addr };
-    app.raft.add_learner(b.node_id, node, true).await.map_err(raft_error)?;
+    let node = Node {
+        grpc_addr: b.grpc_addr,
+        http_addr: b.http_addr,
+    };
+    app.raft
+        .add_learner(b.node_id, node, true)
+        .await
+        .map_err(raft_error)?;
     Ok(Json(app.cluster_status().await))
 }
 
@@ -166,7 +223,10 @@ async fn change_membership(
     if voters.is_empty() {
         return Err(ApiError::invalid("a cluster needs at least one voter"));
     }
-    app.raft.change_membership(voters, false).await.map_err(raft_error)?;
+    app.raft
+        .change_membership(voters, false)
+        .await
+        .map_err(raft_error)?;
     Ok(Json(app.cluster_status().await))
 }
 
@@ -178,28 +238,63 @@ async fn transfer_leader(
     operator(&app, &headers).await?;
     let voters: Vec<u64> = app.raft.voter_ids().collect();
     if !voters.contains(&b.to) {
-        return Err(ApiError::invalid(format!("node {} is not a voter ({voters:?})", b.to)));
+        return Err(ApiError::invalid(format!(
+            "node {} is not a voter ({voters:?})",
+            b.to
+        )));
     }
-    app.raft.trigger().transfer_leader(b.to).await.map_err(raft_error)?;
-    let _ = app.raft.wait(Some(Duration::from_secs(10))).current_leader(b.to, "leader transferred").await;
+    app.raft
+        .trigger()
+        .transfer_leader(b.to)
+        .await
+        .map_err(raft_error)?;
+    let _ = app
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(b.to, "leader transferred")
+        .await;
     Ok(Json(app.cluster_status().await))
 }
 
-async fn snapshot(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<api::SnapshotTaken>> {
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<api::SnapshotTaken>> {
     operator(&app, &headers).await?;
-    let applied = app.raft.metrics().borrow_watched().last_applied.map(|l| l.index).unwrap_or(0);
-    app.raft.trigger().snapshot().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let applied = app
+        .raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0);
+    app.raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     app.raft
         .wait(Some(Duration::from_secs(60)))
-        .metrics(move |m| m.snapshot.as_ref().map_or(applied == 0, |l| l.index >= applied), "snapshot")
+        .metrics(
+            move |m| {
+                m.snapshot
+                    .as_ref()
+                    .map_or(applied == 0, |l| l.index >= applied)
+            },
+            "snapshot",
+        )
         .await
         .map_err(|e| ApiError::unavailable("timeout", format!("snapshot not finished: {e}")))?;
-    Ok(Json(api::SnapshotTaken { applied_index: applied }))
+    Ok(Json(api::SnapshotTaken {
+        applied_index: applied,
+    }))
 }
 
 /// A consistent copy of the ledger (its snapshot format), after a read index.
 async fn backup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response> {
     operator(&app, &headers).await?;
-    let bytes = app.read(Consistency::Linearizable, |l| l.snapshot()).await?;
+    let bytes = app
+        .read(Consistency::Linearizable, |l| l.snapshot())
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }

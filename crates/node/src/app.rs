@@ -2,13 +2,13 @@
 //! through Raft, forwarded by followers) and reads (after a read index from the leader, or
 //! stale on request). Also the leader's tick.
 
-use openraft::type_config::async_runtime::WatchReceiver as _;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::{Gauges, Metrics};
 use crate::net::{ForwardReply, ForwardRequest, Peers};
 use ledger::*;
 use openraft::ReadPolicy;
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use raft_store::{LedgerHandle, Raft, Request};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,12 +41,22 @@ impl App {
     pub fn new(cfg: Config, raft: Raft, ledger: LedgerHandle) -> App {
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
         let peers = Peers::new(cfg.request_timeout);
-        App { cfg, raft, ledger, metrics: Metrics::default(), peers, inflight }
+        App {
+            cfg,
+            raft,
+            ledger,
+            metrics: Metrics::default(),
+            peers,
+            inflight,
+        }
     }
 
     /// This node's wall clock in unix ms (plus the test-only offset).
     pub fn now_ms(&self) -> u64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         (now + self.cfg.clock_offset_ms).max(0) as u64
     }
 
@@ -55,12 +65,26 @@ impl App {
     }
 
     /// Propose a command and wait for its outcome, from any node, within the request deadline.
-    pub async fn write(&self, principal: Principal, key: Option<String>, op: Op) -> Result<Outcome, ApiError> {
+    pub async fn write(
+        &self,
+        principal: Principal,
+        key: Option<String>,
+        op: Op,
+    ) -> Result<Outcome, ApiError> {
         let Ok(_permit) = self.inflight.try_acquire() else {
-            self.metrics.proposals_rejected_overload.fetch_add(1, Relaxed);
-            return Err(ApiError::unavailable("overloaded", "too many writes in flight on this node; retry shortly"));
+            self.metrics
+                .proposals_rejected_overload
+                .fetch_add(1, Relaxed);
+            return Err(ApiError::unavailable(
+                "overloaded",
+                "too many writes in flight on this node; retry shortly",
+            ));
         };
-        let request = ForwardRequest { principal, idempotency_key: key, op };
+        let request = ForwardRequest {
+            principal,
+            idempotency_key: key,
+            op,
+        };
         let routed = async {
             let (outcome, index) = self.route_write(request).await?;
             // Read your writes on every node: a follower answers once it applied the entry too.
@@ -85,30 +109,42 @@ impl App {
             .applied_index_at_least(Some(index), "own write")
             .await
             .map(|_| ())
-            .map_err(|e| ApiError::unavailable("timeout", format!("committed but not yet applied here: {e}")))
+            .map_err(|e| {
+                ApiError::unavailable(
+                    "timeout",
+                    format!("committed but not yet applied here: {e}"),
+                )
+            })
     }
 
     async fn route_write(&self, request: ForwardRequest) -> Result<(Outcome, u64), ApiError> {
         // Two tries: a leader change between looking and proposing is retried once.
         for _ in 0..2 {
             match self.leader() {
-                Some(leader) if leader == self.cfg.id => match self.propose(request.clone()).await {
-                    Err(WriteFailure::NotLeader) => self.wait_for_leader().await?,
-                    Err(WriteFailure::Other(e)) => return Err(e),
-                    Ok(outcome) => return Ok(outcome),
-                },
+                Some(leader) if leader == self.cfg.id => {
+                    match self.propose(request.clone()).await {
+                        Err(WriteFailure::NotLeader) => self.wait_for_leader().await?,
+                        Err(WriteFailure::Other(e)) => return Err(e),
+                        Ok(outcome) => return Ok(outcome),
+                    }
+                }
                 Some(leader) => {
                     self.metrics.proposals_forwarded.fetch_add(1, Relaxed);
                     match self.peers.forward(&self.raft, leader, &request).await? {
                         ForwardReply::Outcome(o, index) => return Ok((o, index)),
                         ForwardReply::NotLeader => self.wait_for_leader().await?,
-                        ForwardReply::Failed(detail) => return Err(ApiError::unavailable("unavailable", detail)),
+                        ForwardReply::Failed(detail) => {
+                            return Err(ApiError::unavailable("unavailable", detail));
+                        }
                     }
                 }
                 None => self.wait_for_leader().await?,
             }
         }
-        Err(ApiError::unavailable("no_leader", "leadership is changing; retry shortly"))
+        Err(ApiError::unavailable(
+            "no_leader",
+            "leadership is changing; retry shortly",
+        ))
     }
 
     /// Wait (within the deadline) until some node is known to lead.
@@ -121,8 +157,14 @@ impl App {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-                return Err(ApiError::unavailable("no_leader", "no leader: the cluster has no quorum right now"));
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(ApiError::unavailable(
+                    "no_leader",
+                    "no leader: the cluster has no quorum right now",
+                ));
             }
         }
     }
@@ -140,21 +182,31 @@ impl App {
         match self.raft.client_write(Request::command(cmd)).await {
             Ok(resp) => {
                 let index = resp.data.index;
-                let outcome = resp.data.outcome().ok_or_else(|| WriteFailure::Other(ApiError::internal("a command entry answered without an outcome")))?;
+                let outcome = resp.data.outcome().ok_or_else(|| {
+                    WriteFailure::Other(ApiError::internal(
+                        "a command entry answered without an outcome",
+                    ))
+                })?;
                 Ok((outcome, index))
             }
             Err(e) => match e.forward_to_leader() {
                 Some(_) => Err(WriteFailure::NotLeader),
                 None => Err(WriteFailure::Other(ApiError::unavailable(
                     "unavailable",
-                    format!("the write failed ({e}); its outcome is unknown: retry with the same Idempotency-Key"),
+                    format!(
+                        "the write failed ({e}); its outcome is unknown: retry with the same Idempotency-Key"
+                    ),
                 ))),
             },
         }
     }
 
     /// Read the local ledger, after a read index unless `Stale`.
-    pub async fn read<R>(&self, c: Consistency, f: impl FnOnce(&Ledger) -> R) -> Result<R, ApiError> {
+    pub async fn read<R>(
+        &self,
+        c: Consistency,
+        f: impl FnOnce(&Ledger) -> R,
+    ) -> Result<R, ApiError> {
         if c == Consistency::Linearizable {
             self.linearize().await?;
         }
@@ -169,19 +221,29 @@ impl App {
                 Some(l) => self.peers.read_index(&self.raft, l).await?,
                 None => {
                     self.wait_for_leader().await?;
-                    return Err(ApiError::unavailable("no_leader", "leadership changed; retry"));
+                    return Err(ApiError::unavailable(
+                        "no_leader",
+                        "leadership changed; retry",
+                    ));
                 }
             };
             self.raft
                 .wait(Some(self.cfg.request_timeout))
                 .applied_index_at_least(Some(index), "read index")
                 .await
-                .map_err(|e| ApiError::unavailable("timeout", format!("not caught up with the leader: {e}")))?;
+                .map_err(|e| {
+                    ApiError::unavailable("timeout", format!("not caught up with the leader: {e}"))
+                })?;
             Ok(())
         };
         tokio::time::timeout(self.cfg.request_timeout, fut)
             .await
-            .unwrap_or_else(|_| Err(ApiError::unavailable("timeout", "no quorum confirmed the read within the deadline")))
+            .unwrap_or_else(|_| {
+                Err(ApiError::unavailable(
+                    "timeout",
+                    "no quorum confirmed the read within the deadline",
+                ))
+            })
     }
 
     /// On the leader: the index a linearizable read must wait for.
@@ -190,7 +252,9 @@ impl App {
             .raft
             .get_read_linearizer(ReadPolicy::ReadIndex)
             .await
-            .map_err(|e| ApiError::unavailable("no_leader", format!("cannot confirm leadership: {e}")))?;
+            .map_err(|e| {
+                ApiError::unavailable("no_leader", format!("cannot confirm leadership: {e}"))
+            })?;
         Ok(linearizer.read_log_id().index())
     }
 
@@ -199,12 +263,20 @@ impl App {
     }
 
     pub async fn is_service_or_operator(&self, p: Principal) -> Result<bool, ApiError> {
-        Ok(matches!(self.role_of(p), Some(Role::Operator | Role::Service)))
+        Ok(matches!(
+            self.role_of(p),
+            Some(Role::Operator | Role::Service)
+        ))
     }
 
     pub fn role_of(&self, p: Principal) -> Option<Role> {
         self.ledger.read(|l| match p {
-            Principal::ApiKey(k) => l.state().api_keys.get(&k).filter(|k| !k.revoked).map(|k| k.role),
+            Principal::ApiKey(k) => l
+                .state()
+                .api_keys
+                .get(&k)
+                .filter(|k| !k.revoked)
+                .map(|k| k.role),
             Principal::User(u) => l.state().users.get(&u).map(|u| u.role),
             Principal::System => None,
         })
@@ -234,7 +306,10 @@ impl App {
                 let t = p.totals();
                 sold += u64::from(t.sold);
                 held += u64::from(t.held);
-                waiting += p.waiting_room.as_ref().map_or(0, |r| (r.order.len() + r.prequeue.len()) as u64);
+                waiting += p
+                    .waiting_room
+                    .as_ref()
+                    .map_or(0, |r| (r.order.len() + r.prequeue.len()) as u64);
             }
             (l.live_holds() as u64, sold, held, waiting)
         });
@@ -267,13 +342,21 @@ impl App {
                 continue;
             }
             let now = self.now_ms();
-            let due = self.ledger.read(|l| l.next_due_ms().is_some_and(|t| t <= now) || l.rooms_admitting());
+            let due = self
+                .ledger
+                .read(|l| l.next_due_ms().is_some_and(|t| t <= now) || l.rooms_admitting());
             if !due {
                 continue;
             }
             self.metrics.ticks.fetch_add(1, Relaxed);
-            let request = ForwardRequest { principal: Principal::System, idempotency_key: None, op: Op::Tick };
-            if let Err(e) = tokio::time::timeout(self.cfg.request_timeout, self.propose(request)).await {
+            let request = ForwardRequest {
+                principal: Principal::System,
+                idempotency_key: None,
+                op: Op::Tick,
+            };
+            if let Err(e) =
+                tokio::time::timeout(self.cfg.request_timeout, self.propose(request)).await
+            {
                 tracing::warn!(error = %e, "tick timed out");
             }
         }

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug, Default)]
-#[command(name = "ticketd", version, about = "A ticketledger node: one replica of the on-sale ledger.")]
+#[command(
+    name = "ticketd",
+    version,
+    about = "A ticketledger node: one replica of the on-sale ledger."
+)]
 pub struct Cli {
     /// This node's Raft id (a positive integer, unique in the cluster).
     #[arg(long, env = "TICKETLEDGER_ID")]
@@ -94,19 +98,36 @@ impl Config {
     pub fn load(cli: Cli) -> anyhow::Result<Config> {
         let file: FileConfig = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };
-        let id = cli.id.or(file.id).context("--id (or TICKETLEDGER_ID, or `id` in the config file) is required")?;
+        let id = cli
+            .id
+            .or(file.id)
+            .context("--id (or TICKETLEDGER_ID, or `id` in the config file) is required")?;
         if id == 0 {
             bail!("--id must be a positive integer");
         }
-        let data_dir = cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("./data/{id}")));
-        let http_addr = cli.http_addr.or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid"));
-        let grpc_addr = cli.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
-        let log_format = cli.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
+        let data_dir = cli
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(format!("./data/{id}")));
+        let http_addr = cli
+            .http_addr
+            .or(file.http_addr)
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid"));
+        let grpc_addr = cli
+            .grpc_addr
+            .or(file.grpc_addr)
+            .unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
+        let log_format = cli
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
         let log_json = match log_format.as_str() {
             "json" => true,
             "text" => false,
@@ -116,7 +137,10 @@ impl Config {
         if !(10..=10_000).contains(&heartbeat_ms) {
             bail!("--heartbeat-ms must be 10..=10000");
         }
-        let request_timeout_ms = cli.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(5_000);
+        let request_timeout_ms = cli
+            .request_timeout_ms
+            .or(file.request_timeout_ms)
+            .unwrap_or(5_000);
         if !(100..=600_000).contains(&request_timeout_ms) {
             bail!("--request-timeout-ms must be 100..=600000");
         }
@@ -125,14 +149,31 @@ impl Config {
             data_dir,
             http_addr,
             grpc_addr,
-            advertise_grpc: cli.advertise_grpc.or(file.advertise_grpc).unwrap_or_else(|| grpc_addr.to_string()),
-            advertise_http: cli.advertise_http.or(file.advertise_http).unwrap_or_else(|| http_addr.to_string()),
+            advertise_grpc: cli
+                .advertise_grpc
+                .or(file.advertise_grpc)
+                .unwrap_or_else(|| grpc_addr.to_string()),
+            advertise_http: cli
+                .advertise_http
+                .or(file.advertise_http)
+                .unwrap_or_else(|| http_addr.to_string()),
             log_json,
-            log_level: cli.log_level.or(file.log_level).unwrap_or_else(|| "info,openraft=warn".into()),
+            log_level: cli
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info,openraft=warn".into()),
             request_timeout: Duration::from_millis(request_timeout_ms),
             heartbeat_ms,
-            snapshot_every: cli.snapshot_every.or(file.snapshot_every).unwrap_or(50_000).max(100),
-            max_inflight: cli.max_inflight.or(file.max_inflight).unwrap_or(16_384).max(1),
+            snapshot_every: cli
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(50_000)
+                .max(100),
+            max_inflight: cli
+                .max_inflight
+                .or(file.max_inflight)
+                .unwrap_or(16_384)
+                .max(1),
             clock_offset_ms: cli.clock_offset_ms.or(file.clock_offset_ms).unwrap_or(0),
         })
     }
@@ -147,15 +188,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ticketd-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.toml");
-        std::fs::write(&path, "id = 3\nhttp_addr = \"127.0.0.1:7000\"\nlog_format = \"json\"\n").unwrap();
-        let cli = Cli { config: Some(path.clone()), http_addr: Some("127.0.0.1:7001".parse().unwrap()), ..Cli::default() };
+        std::fs::write(
+            &path,
+            "id = 3\nhttp_addr = \"127.0.0.1:7000\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            http_addr: Some("127.0.0.1:7001".parse().unwrap()),
+            ..Cli::default()
+        };
         let c = Config::load(cli).unwrap();
         assert_eq!(c.id, 3);
         assert_eq!(c.http_addr.port(), 7001);
         assert!(c.log_json);
         assert_eq!(c.advertise_http, "127.0.0.1:7001");
         std::fs::write(&path, "idd = 3\n").unwrap();
-        let err = Config::load(Cli { config: Some(path), ..Cli::default() }).unwrap_err();
+        let err = Config::load(Cli {
+            config: Some(path),
+            ..Cli::default()
+        })
+        .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
     }
 

@@ -7,20 +7,22 @@ use ledger::*;
 use std::str::FromStr;
 
 pub fn parse_id<T: FromStr>(s: &str, what: &str) -> Result<T, ApiError> {
-    s.parse().map_err(|_| ApiError::not_found(format!("no {what} {s:?}")))
+    s.parse()
+        .map_err(|_| ApiError::not_found(format!("no {what} {s:?}")))
 }
 
 pub fn time_ms(t: &api::TimeInput, field: &str) -> Result<u64, ApiError> {
     match t {
         api::TimeInput::UnixMs(ms) => Ok(*ms),
-        api::TimeInput::Rfc3339(s) => {
-            parse_rfc3339(s).ok_or_else(|| ApiError::invalid(format!("{field} must be RFC 3339 or unix milliseconds")))
-        }
+        api::TimeInput::Rfc3339(s) => parse_rfc3339(s).ok_or_else(|| {
+            ApiError::invalid(format!("{field} must be RFC 3339 or unix milliseconds"))
+        }),
     }
 }
 
 fn secs_to_ms(secs: u64, field: &str) -> Result<u64, ApiError> {
-    secs.checked_mul(1000).ok_or_else(|| ApiError::invalid(format!("{field} is too large")))
+    secs.checked_mul(1000)
+        .ok_or_else(|| ApiError::invalid(format!("{field} is too large")))
 }
 
 pub fn venue_op(v: api::CreateVenue) -> Op {
@@ -30,20 +32,41 @@ pub fn venue_op(v: api::CreateVenue) -> Op {
         .map(|s| match s {
             api::SectionSpec::Seated { name, rows } => SectionSpec::Seated {
                 name,
-                rows: rows.into_iter().map(|r| RowSpec { label: r.label, seats: r.seats }).collect(),
+                rows: rows
+                    .into_iter()
+                    .map(|r| RowSpec {
+                        label: r.label,
+                        seats: r.seats,
+                    })
+                    .collect(),
             },
-            api::SectionSpec::GeneralAdmission { name, capacity } => SectionSpec::GeneralAdmission { name, capacity },
+            api::SectionSpec::GeneralAdmission { name, capacity } => {
+                SectionSpec::GeneralAdmission { name, capacity }
+            }
         })
         .collect();
-    Op::CreateVenue { name: v.name, sections }
+    Op::CreateVenue {
+        name: v.name,
+        sections,
+    }
 }
 
 fn media(m: Vec<api::MediaItem>) -> Vec<MediaItem> {
-    m.into_iter().map(|m| MediaItem { kind: m.kind, url: m.url }).collect()
+    m.into_iter()
+        .map(|m| MediaItem {
+            kind: m.kind,
+            url: m.url,
+        })
+        .collect()
 }
 
 pub fn event_op(e: api::CreateEvent) -> Op {
-    Op::CreateEvent { name: e.name, category: e.category, description: e.description, media: media(e.media) }
+    Op::CreateEvent {
+        name: e.name,
+        category: e.category,
+        description: e.description,
+        media: media(e.media),
+    }
 }
 
 fn section_idx(venue: &Venue, name: &str) -> Result<SectionIdx, ApiError> {
@@ -62,25 +85,44 @@ fn category_idx(categories: &[String], name: Option<&str>) -> Result<CategoryIdx
             .iter()
             .position(|c| c == n)
             .map(|i| CategoryIdx(i as u8))
-            .ok_or_else(|| ApiError::invalid(format!("no ticket category {n:?}; categories are {categories:?}"))),
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "no ticket category {n:?}; categories are {categories:?}"
+                ))
+            }),
     }
 }
 
-pub fn performance_op(l: &Ledger, event: EventId, p: api::CreatePerformance) -> Result<Op, ApiError> {
+pub fn performance_op(
+    l: &Ledger,
+    event: EventId,
+    p: api::CreatePerformance,
+) -> Result<Op, ApiError> {
     let venue_id: VenueId = parse_id(&p.venue_id, "venue")?;
-    let venue = l.state().venues.get(&venue_id).ok_or_else(|| ApiError::not_found(format!("no venue {venue_id}")))?;
+    let venue = l
+        .state()
+        .venues
+        .get(&venue_id)
+        .ok_or_else(|| ApiError::not_found(format!("no venue {venue_id}")))?;
     let categories = p.categories.unwrap_or_else(|| vec!["adult".to_string()]);
     if categories.len() > limits::MAX_CATEGORIES_PER_PERFORMANCE {
         return Err(ApiError::invalid("too many ticket categories"));
     }
     let mut prices = Vec::with_capacity(p.prices.len());
     for price in &p.prices {
-        let currency = Currency::parse(&price.currency)
-            .ok_or_else(|| ApiError::invalid(format!("{:?} is not an ISO 4217 currency code", price.currency)))?;
+        let currency = Currency::parse(&price.currency).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{:?} is not an ISO 4217 currency code",
+                price.currency
+            ))
+        })?;
         prices.push(PriceSpec {
             section: section_idx(venue, &price.section)?,
             category: category_idx(&categories, price.category.as_deref())?,
-            price: Money { amount_minor: price.amount_minor, currency },
+            price: Money {
+                amount_minor: price.amount_minor,
+                currency,
+            },
         });
     }
     let waiting_room = match p.waiting_room {
@@ -89,8 +131,9 @@ pub fn performance_op(l: &Ledger, event: EventId, p: api::CreatePerformance) -> 
             admission_rate_per_sec: w.admission_rate_per_sec,
             admission_ttl_ms: secs_to_ms(w.admission_ttl_secs, "admission_ttl_secs")?,
             max_active_admissions: w.max_active_admissions,
-            seed_commitment: parse_hex::<32>(&w.seed_commitment)
-                .ok_or_else(|| ApiError::invalid("seed_commitment must be 64 hex digits (blake3 of the seed)"))?,
+            seed_commitment: parse_hex::<32>(&w.seed_commitment).ok_or_else(|| {
+                ApiError::invalid("seed_commitment must be 64 hex digits (blake3 of the seed)")
+            })?,
         }),
     };
     let starts_at_ms = time_ms(&p.starts_at, "starts_at")?;
@@ -105,7 +148,9 @@ pub fn performance_op(l: &Ledger, event: EventId, p: api::CreatePerformance) -> 
         },
         hold_ttl_ms: secs_to_ms(p.hold_ttl_secs, "hold_ttl_secs")?,
         payment_grace_ms: secs_to_ms(p.payment_grace_secs.unwrap_or(300), "payment_grace_secs")?,
-        max_seats_per_order: p.max_seats_per_order.unwrap_or(limits::DEFAULT_SEATS_PER_ORDER),
+        max_seats_per_order: p
+            .max_seats_per_order
+            .unwrap_or(limits::DEFAULT_SEATS_PER_ORDER),
         categories,
         prices,
         waiting_room,
@@ -119,19 +164,31 @@ pub fn status_op(performance: PerformanceId, u: &api::UpdatePerformance) -> Resu
         "closed" | "close" => SaleStatus::Closed,
         "cancelled" | "cancel" => SaleStatus::Cancelled,
         other => {
-            return Err(ApiError::invalid(format!("status must be on_sale, paused, closed or cancelled, not {other:?}")));
+            return Err(ApiError::invalid(format!(
+                "status must be on_sale, paused, closed or cancelled, not {other:?}"
+            )));
         }
     };
     let seed = match &u.seed {
         None => None,
-        Some(s) => Some(parse_hex::<32>(s).ok_or_else(|| ApiError::invalid("seed must be 64 hex digits"))?),
+        Some(s) => Some(
+            parse_hex::<32>(s).ok_or_else(|| ApiError::invalid("seed must be 64 hex digits"))?,
+        ),
     };
-    Ok(Op::SetSaleStatus { performance, status, seed })
+    Ok(Op::SetSaleStatus {
+        performance,
+        status,
+        seed,
+    })
 }
 
 pub fn hold_op(l: &Ledger, h: &api::CreateHold) -> Result<Op, ApiError> {
     let performance: PerformanceId = parse_id(&h.performance_id, "performance")?;
-    let perf = l.state().performances.get(&performance).ok_or_else(|| ApiError::not_found(format!("no performance {performance}")))?;
+    let perf = l
+        .state()
+        .performances
+        .get(&performance)
+        .ok_or_else(|| ApiError::not_found(format!("no performance {performance}")))?;
     let venue = &l.state().venues[&perf.venue];
     let category = category_idx(&perf.categories, h.category.as_deref())?;
     let what = match (&h.seats, &h.section, h.quantity) {
@@ -145,17 +202,25 @@ pub fn hold_op(l: &Ledger, h: &api::CreateHold) -> Result<Op, ApiError> {
             }
             let mut list = Vec::with_capacity(seats.len());
             for name in seats {
-                let seat = venue
-                    .seat_index(name)
-                    .ok_or_else(|| ApiError::invalid(format!("no seat {name:?} in this venue (seats are named section:row:number)")))?;
+                let seat = venue.seat_index(name).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "no seat {name:?} in this venue (seats are named section:row:number)"
+                    ))
+                })?;
                 list.push((seat, category));
             }
             HoldRequest::Seats(list)
         }
-        (None, Some(section), Some(quantity)) => {
-            HoldRequest::GeneralAdmission { section: section_idx(venue, section)?, quantity, category }
+        (None, Some(section), Some(quantity)) => HoldRequest::GeneralAdmission {
+            section: section_idx(venue, section)?,
+            quantity,
+            category,
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                "give either `seats`, or `section` and `quantity`",
+            ));
         }
-        _ => return Err(ApiError::invalid("give either `seats`, or `section` and `quantity`")),
     };
     Ok(Op::PlaceHold { performance, what })
 }
@@ -168,34 +233,64 @@ fn section_specs(v: &Venue) -> Vec<api::SectionSpec> {
         .map(|s| match &s.kind {
             SectionKind::Seated { rows, .. } => api::SectionSpec::Seated {
                 name: s.name.clone(),
-                rows: rows.iter().map(|r| api::RowSpec { label: r.label.clone(), seats: r.seats }).collect(),
+                rows: rows
+                    .iter()
+                    .map(|r| api::RowSpec {
+                        label: r.label.clone(),
+                        seats: r.seats,
+                    })
+                    .collect(),
             },
-            SectionKind::GeneralAdmission { capacity } => {
-                api::SectionSpec::GeneralAdmission { name: s.name.clone(), capacity: *capacity }
-            }
+            SectionKind::GeneralAdmission { capacity } => api::SectionSpec::GeneralAdmission {
+                name: s.name.clone(),
+                capacity: *capacity,
+            },
         })
         .collect()
 }
 
 pub fn venue_view(v: &Venue) -> api::Venue {
-    api::Venue { venue_id: v.id.to_string(), name: v.name.clone(), seats: v.seats, sections: section_specs(v) }
+    api::Venue {
+        venue_id: v.id.to_string(),
+        name: v.name.clone(),
+        seats: v.seats,
+        sections: section_specs(v),
+    }
 }
 
 pub fn event_view(l: &Ledger, e: &Event) -> api::Event {
-    let performances =
-        l.state().performances.values().filter(|p| p.event == e.id).map(|p| p.id.to_string()).collect();
+    let performances = l
+        .state()
+        .performances
+        .values()
+        .filter(|p| p.event == e.id)
+        .map(|p| p.id.to_string())
+        .collect();
     api::Event {
         event_id: e.id.to_string(),
         name: e.name.clone(),
         category: e.category.clone(),
         description: e.description.clone(),
-        media: e.media.iter().map(|m| api::MediaItem { kind: m.kind.clone(), url: m.url.clone() }).collect(),
+        media: e
+            .media
+            .iter()
+            .map(|m| api::MediaItem {
+                kind: m.kind.clone(),
+                url: m.url.clone(),
+            })
+            .collect(),
         performances,
     }
 }
 
 fn availability(c: &SectionCounts) -> api::Availability {
-    api::Availability { capacity: c.capacity, available: c.available(), held: c.held, sold: c.sold, blocked: c.blocked }
+    api::Availability {
+        capacity: c.capacity,
+        available: c.available(),
+        held: c.held,
+        sold: c.sold,
+        blocked: c.blocked,
+    }
 }
 
 pub fn performance_view(l: &Ledger, p: &Performance) -> api::Performance {
@@ -253,14 +348,20 @@ pub fn performance_view(l: &Ledger, p: &Performance) -> api::Performance {
     }
 }
 
-pub fn seat_map(l: &Ledger, p: &Performance, section: Option<&str>) -> Result<api::SeatMap, ApiError> {
+pub fn seat_map(
+    l: &Ledger,
+    p: &Performance,
+    section: Option<&str>,
+) -> Result<api::SeatMap, ApiError> {
     let venue = &l.state().venues[&p.venue];
     let mut seats = Vec::new();
     for (k, s) in venue.sections.iter().enumerate() {
         if section.is_some_and(|name| name != s.name) {
             continue;
         }
-        let SectionKind::Seated { rows, .. } = &s.kind else { continue };
+        let SectionKind::Seated { rows, .. } = &s.kind else {
+            continue;
+        };
         for r in rows {
             for n in 0..r.seats {
                 let idx = r.first_seat + n;
@@ -270,7 +371,10 @@ pub fn seat_map(l: &Ledger, p: &Performance, section: Option<&str>) -> Result<ap
                     SeatState::Held(_) => "held",
                     SeatState::Sold(_) => "sold",
                 };
-                seats.push(api::SeatStatus { seat: format!("{}:{}:{}", s.name, r.label, n + 1), state: state.into() });
+                seats.push(api::SeatStatus {
+                    seat: format!("{}:{}:{}", s.name, r.label, n + 1),
+                    state: state.into(),
+                });
             }
         }
         let _ = k;
@@ -278,13 +382,18 @@ pub fn seat_map(l: &Ledger, p: &Performance, section: Option<&str>) -> Result<ap
     if let Some(name) = section
         && !venue.sections.iter().any(|s| s.name == name)
     {
-        return Err(ApiError::not_found(format!("the venue has no section {name:?}")));
+        return Err(ApiError::not_found(format!(
+            "the venue has no section {name:?}"
+        )));
     }
     Ok(api::SeatMap { seats })
 }
 
 fn seat_name(venue: &Venue, seat: SeatIdx) -> String {
-    venue.seat_name(seat).map(|n| n.to_string()).unwrap_or_else(|| format!("#{}", seat.0))
+    venue
+        .seat_name(seat)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| format!("#{}", seat.0))
 }
 
 pub fn hold_view(l: &Ledger, h: &Hold) -> api::Hold {

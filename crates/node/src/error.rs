@@ -15,7 +15,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError { status, code, detail: detail.into(), retry_after: None }
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+        }
     }
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", detail)
@@ -34,7 +39,10 @@ impl ApiError {
     }
     /// 503 with `Retry-After`: no quorum, no leader, a timeout, or too much load.
     pub fn unavailable(code: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail) }
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+        }
     }
     pub fn internal(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
@@ -70,7 +78,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = api::Problem {
             type_: format!("https://ticketledger.dev/problems/{}", self.code),
-            title: self.status.canonical_reason().unwrap_or("error").to_string(),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_string(),
             status: self.status.as_u16(),
             detail: self.detail,
             code: self.code.to_string(),
@@ -78,9 +90,13 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::to_vec(&problem).expect("problems serialize");
         let mut resp = (self.status, body).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(api::PROBLEM_JSON));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(api::PROBLEM_JSON),
+        );
         if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

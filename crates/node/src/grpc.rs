@@ -21,7 +21,9 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         use axum::http::StatusCode as S;
         let code = match e.status {
-            S::BAD_REQUEST | S::UNPROCESSABLE_ENTITY | S::PAYLOAD_TOO_LARGE => tonic::Code::InvalidArgument,
+            S::BAD_REQUEST | S::UNPROCESSABLE_ENTITY | S::PAYLOAD_TOO_LARGE => {
+                tonic::Code::InvalidArgument
+            }
             S::UNAUTHORIZED => tonic::Code::Unauthenticated,
             S::FORBIDDEN => tonic::Code::PermissionDenied,
             S::NOT_FOUND => tonic::Code::NotFound,
@@ -46,7 +48,9 @@ fn key(request_id: &str) -> std::result::Result<Option<String>, ApiError> {
         return Ok(None);
     }
     if request_id.len() > limits::MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(ApiError::bad_request("request_id must be at most 128 bytes"));
+        return Err(ApiError::bad_request(
+            "request_id must be at most 128 bytes",
+        ));
     }
     Ok(Some(request_id.to_string()))
 }
@@ -56,7 +60,12 @@ impl LedgerService {
         authenticate(&self.app, &req.metadata().clone().into_headers()).await
     }
 
-    async fn write(&self, p: Principal, request_id: &str, op: Op) -> std::result::Result<Reply, ApiError> {
+    async fn write(
+        &self,
+        p: Principal,
+        request_id: &str,
+        op: Op,
+    ) -> std::result::Result<Reply, ApiError> {
         match self.app.write(p, key(request_id)?, op).await? {
             Outcome::Ok(r) => Ok(r),
             Outcome::Rejected(r) => Err(r.into()),
@@ -64,18 +73,40 @@ impl LedgerService {
     }
 
     async fn hold(&self, p: Principal, id: HoldId) -> std::result::Result<pb::Hold, ApiError> {
-        let found = self.app.read(Consistency::Stale, |l| l.state().holds.get(&id).map(|h| (h.buyer, hold_view(l, h)))).await?;
+        let found = self
+            .app
+            .read(Consistency::Stale, |l| {
+                l.state().holds.get(&id).map(|h| (h.buyer, hold_view(l, h)))
+            })
+            .await?;
         match found {
-            Some((buyer, h)) if buyer == p || self.app.is_service_or_operator(p).await? => Ok(hold_pb(h)),
+            Some((buyer, h)) if buyer == p || self.app.is_service_or_operator(p).await? => {
+                Ok(hold_pb(h))
+            }
             Some(_) => Err(ApiError::forbidden("this hold is another buyer's")),
             None => Err(ApiError::not_found(format!("no hold {id}"))),
         }
     }
 
-    async fn booking(&self, p: Principal, id: BookingId, c: Consistency) -> std::result::Result<pb::Booking, ApiError> {
-        let found = self.app.read(c, |l| l.state().bookings.get(&id).map(|b| (b.buyer, booking_view(l, b)))).await?;
+    async fn booking(
+        &self,
+        p: Principal,
+        id: BookingId,
+        c: Consistency,
+    ) -> std::result::Result<pb::Booking, ApiError> {
+        let found = self
+            .app
+            .read(c, |l| {
+                l.state()
+                    .bookings
+                    .get(&id)
+                    .map(|b| (b.buyer, booking_view(l, b)))
+            })
+            .await?;
         match found {
-            Some((buyer, b)) if buyer == p || self.app.is_service_or_operator(p).await? => Ok(booking_pb(b)),
+            Some((buyer, b)) if buyer == p || self.app.is_service_or_operator(p).await? => {
+                Ok(booking_pb(b))
+            }
             Some(_) => Err(ApiError::forbidden("this booking is another buyer's")),
             None => Err(ApiError::not_found(format!("no booking {id}"))),
         }
@@ -127,11 +158,18 @@ fn non_empty(s: &str) -> Option<String> {
 
 #[tonic::async_trait]
 impl pb::ledger_server::Ledger for LedgerService {
-    async fn get_performance(&self, req: Request<pb::GetPerformanceRequest>) -> Result<pb::Performance> {
+    async fn get_performance(
+        &self,
+        req: Request<pb::GetPerformanceRequest>,
+    ) -> Result<pb::Performance> {
         self.principal(&req).await?;
         let r = req.into_inner();
         let id: PerformanceId = parse_id(&r.performance_id, "performance")?;
-        let c = if r.stale { Consistency::Stale } else { Consistency::Linearizable };
+        let c = if r.stale {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        };
         let p = self
             .app
             .read(c, |l| {
@@ -166,7 +204,8 @@ impl pb::ledger_server::Ledger for LedgerService {
                 })
             })
             .await?;
-        p.map(Response::new).ok_or_else(|| ApiError::not_found(format!("no performance {id}")).into())
+        p.map(Response::new)
+            .ok_or_else(|| ApiError::not_found(format!("no performance {id}")).into())
     }
 
     async fn place_hold(&self, req: Request<pb::PlaceHoldRequest>) -> Result<pb::Hold> {
@@ -179,8 +218,16 @@ impl pb::ledger_server::Ledger for LedgerService {
             quantity: (r.quantity > 0).then(|| r.quantity.min(u32::from(u16::MAX)) as u16),
             category: non_empty(&r.category),
         };
-        let op = match self.app.read(Consistency::Stale, |l| hold_op(l, &body)).await? {
-            Err(e) if e.code == "not_found" => self.app.read(Consistency::Linearizable, |l| hold_op(l, &body)).await??,
+        let op = match self
+            .app
+            .read(Consistency::Stale, |l| hold_op(l, &body))
+            .await?
+        {
+            Err(e) if e.code == "not_found" => {
+                self.app
+                    .read(Consistency::Linearizable, |l| hold_op(l, &body))
+                    .await??
+            }
             other => other?,
         };
         match self.write(p, &r.request_id, op).await? {
@@ -200,7 +247,8 @@ impl pb::ledger_server::Ledger for LedgerService {
         let p = self.principal(&req).await?;
         let r = req.into_inner();
         let hold: HoldId = parse_id(&r.hold_id, "hold")?;
-        self.write(p, &r.request_id, Op::ReleaseHold { hold }).await?;
+        self.write(p, &r.request_id, Op::ReleaseHold { hold })
+            .await?;
         Ok(Response::new(self.hold(p, hold).await?))
     }
 
@@ -208,7 +256,15 @@ impl pb::ledger_server::Ledger for LedgerService {
         let p = self.principal(&req).await?;
         let r = req.into_inner();
         let hold: HoldId = parse_id(&r.hold_id, "hold")?;
-        self.write(p, &r.request_id, Op::ExtendHold { hold, payment_ref: r.payment_ref }).await?;
+        self.write(
+            p,
+            &r.request_id,
+            Op::ExtendHold {
+                hold,
+                payment_ref: r.payment_ref,
+            },
+        )
+        .await?;
         Ok(Response::new(self.hold(p, hold).await?))
     }
 
@@ -216,10 +272,30 @@ impl pb::ledger_server::Ledger for LedgerService {
         let p = self.principal(&req).await?;
         let r = req.into_inner();
         let hold: HoldId = parse_id(&r.hold_id, "hold")?;
-        let n = self.app.read(Consistency::Stale, |l| l.state().holds.get(&hold).map(|h| h.quantity())).await?;
-        let codes = (0..n.unwrap_or(0)).map(|_| rand::random::<CheckInCode>()).collect();
-        match self.write(p, &r.request_id, Op::ConfirmHold { hold, payment_ref: r.payment_ref, codes }).await? {
-            Reply::BookingConfirmed(b) => Ok(Response::new(self.booking(p, b.booking, Consistency::Stale).await?)),
+        let n = self
+            .app
+            .read(Consistency::Stale, |l| {
+                l.state().holds.get(&hold).map(|h| h.quantity())
+            })
+            .await?;
+        let codes = (0..n.unwrap_or(0))
+            .map(|_| rand::random::<CheckInCode>())
+            .collect();
+        match self
+            .write(
+                p,
+                &r.request_id,
+                Op::ConfirmHold {
+                    hold,
+                    payment_ref: r.payment_ref,
+                    codes,
+                },
+            )
+            .await?
+        {
+            Reply::BookingConfirmed(b) => Ok(Response::new(
+                self.booking(p, b.booking, Consistency::Stale).await?,
+            )),
             other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
         }
     }
@@ -227,7 +303,9 @@ impl pb::ledger_server::Ledger for LedgerService {
     async fn get_booking(&self, req: Request<pb::BookingRef>) -> Result<pb::Booking> {
         let p = self.principal(&req).await?;
         let id: BookingId = parse_id(&req.get_ref().booking_id, "booking")?;
-        Ok(Response::new(self.booking(p, id, Consistency::Linearizable).await?))
+        Ok(Response::new(
+            self.booking(p, id, Consistency::Linearizable).await?,
+        ))
     }
 
     async fn refund(&self, req: Request<pb::RefundRequest>) -> Result<pb::Refunded> {
@@ -236,10 +314,25 @@ impl pb::ledger_server::Ledger for LedgerService {
         let booking: BookingId = parse_id(&r.booking_id, "booking")?;
         let mut tickets = Vec::with_capacity(r.tickets.len());
         for t in &r.tickets {
-            tickets.push(t.parse::<TicketId>().map_err(|_| ApiError::invalid(format!("{t:?} is not a ticket id")))?);
+            tickets.push(
+                t.parse::<TicketId>()
+                    .map_err(|_| ApiError::invalid(format!("{t:?} is not a ticket id")))?,
+            );
         }
-        let refund_ref = non_empty(&r.refund_ref).unwrap_or_else(|| format!("refund-{}", crate::app::random_key()));
-        match self.write(p, &r.request_id, Op::Refund { booking, tickets, refund_ref }).await? {
+        let refund_ref = non_empty(&r.refund_ref)
+            .unwrap_or_else(|| format!("refund-{}", crate::app::random_key()));
+        match self
+            .write(
+                p,
+                &r.request_id,
+                Op::Refund {
+                    booking,
+                    tickets,
+                    refund_ref,
+                },
+            )
+            .await?
+        {
             Reply::Refunded { amount, tickets } => Ok(Response::new(pb::Refunded {
                 booking_id: booking.to_string(),
                 tickets: tickets.iter().map(|t| t.to_string()).collect(),
@@ -254,10 +347,18 @@ impl pb::ledger_server::Ledger for LedgerService {
         let p = self.principal(&req).await?;
         let r = req.into_inner();
         let performance: PerformanceId = parse_id(&r.performance_id, "performance")?;
-        match self.write(p, &r.request_id, Op::JoinQueue { performance }).await? {
+        match self
+            .write(p, &r.request_id, Op::JoinQueue { performance })
+            .await?
+        {
             Reply::QueueJoined { queue, position } => Ok(Response::new(pb::QueueStatus {
                 queue_id: queue.to_string(),
-                state: if position.is_some() { "waiting" } else { "pre_queue" }.into(),
+                state: if position.is_some() {
+                    "waiting"
+                } else {
+                    "pre_queue"
+                }
+                .into(),
                 has_position: position.is_some(),
                 position: position.unwrap_or(0),
                 admitted_until_ms: 0,
@@ -269,15 +370,26 @@ impl pb::ledger_server::Ledger for LedgerService {
     async fn get_queue(&self, req: Request<pb::QueueRef>) -> Result<pb::QueueStatus> {
         let p = self.principal(&req).await?;
         let queue: QueueId = parse_id(&req.get_ref().queue_id, "queue entry")?;
-        let found = self.app.read(Consistency::Linearizable, |l| l.queue_entry(queue).map(|(e, pos)| (*e, pos))).await?;
+        let found = self
+            .app
+            .read(Consistency::Linearizable, |l| {
+                l.queue_entry(queue).map(|(e, pos)| (*e, pos))
+            })
+            .await?;
         match found {
-            Some((e, pos)) if e.buyer == p || self.app.is_operator(p).await? => Ok(Response::new(pb::QueueStatus {
-                queue_id: queue.to_string(),
-                state: e.state.as_str().into(),
-                has_position: pos.is_some(),
-                position: pos.unwrap_or(0),
-                admitted_until_ms: if e.state == QueueState::Admitted { e.admitted_until_ms } else { 0 },
-            })),
+            Some((e, pos)) if e.buyer == p || self.app.is_operator(p).await? => {
+                Ok(Response::new(pb::QueueStatus {
+                    queue_id: queue.to_string(),
+                    state: e.state.as_str().into(),
+                    has_position: pos.is_some(),
+                    position: pos.unwrap_or(0),
+                    admitted_until_ms: if e.state == QueueState::Admitted {
+                        e.admitted_until_ms
+                    } else {
+                        0
+                    },
+                }))
+            }
             Some(_) => Err(ApiError::forbidden("this queue entry is another buyer's").into()),
             None => Err(ApiError::not_found(format!("no queue entry {queue}")).into()),
         }

@@ -31,7 +31,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/events", post(create_event).get(list_events))
         .route("/v1/events/{id}", get(get_event))
         .route("/v1/events/{id}/performances", post(create_performance))
-        .route("/v1/performances/{id}", get(get_performance).patch(update_performance))
+        .route(
+            "/v1/performances/{id}",
+            get(get_performance).patch(update_performance),
+        )
         .route("/v1/performances/{id}/seats", get(get_seats))
         .route("/v1/performances/{id}/queue", post(join_queue))
         .route("/v1/queue/{id}", get(get_queue))
@@ -57,12 +60,17 @@ async fn observe(State(app): AppState, req: Request, next: axum::middleware::Nex
     };
     let start = Instant::now();
     let resp = next.run(req).await;
-    app.metrics.observe_latency(route, start.elapsed().as_micros() as u64);
+    app.metrics
+        .observe_latency(route, start.elapsed().as_micros() as u64);
     let s = resp.status();
     if s.is_client_error() {
-        app.metrics.http_responses_4xx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        app.metrics
+            .http_responses_4xx
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     } else if s.is_server_error() {
-        app.metrics.http_responses_5xx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        app.metrics
+            .http_responses_5xx
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     resp
 }
@@ -88,9 +96,11 @@ fn json_rejection(e: JsonRejection) -> ApiError {
             "payload_too_large",
             format!("the request body is over {} bytes", api::MAX_BODY_BYTES),
         ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ApiError::new(status, "unsupported_media_type", "send JSON with Content-Type: application/json")
-        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            "unsupported_media_type",
+            "send JSON with Content-Type: application/json",
+        ),
         _ => ApiError::bad_request(format!("malformed request body: {}", e.body_text())),
     }
 }
@@ -110,7 +120,9 @@ impl ReadParams {
         match self.consistency.as_deref() {
             None | Some("linearizable") => Ok(Consistency::Linearizable),
             Some("stale") => Ok(Consistency::Stale),
-            Some(other) => Err(ApiError::bad_request(format!("consistency must be linearizable or stale, not {other:?}"))),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "consistency must be linearizable or stale, not {other:?}"
+            ))),
         }
     }
 }
@@ -126,7 +138,9 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 256)
-        .ok_or_else(|| ApiError::unauthenticated("the Authorization header must be `Bearer <api key>`"))?;
+        .ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be `Bearer <api key>`")
+        })?;
     let digest = *blake3::hash(token.as_bytes()).as_bytes();
     let lookup = |l: &Ledger| l.api_key_by_digest(&digest).map(|k| (k.id, k.revoked));
     // A key made a moment ago may not be applied here yet: look again after a read index.
@@ -145,9 +159,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     match headers.get(api::IDEMPOTENCY_KEY_HEADER) {
         None => Ok(None),
         Some(v) => {
-            let k = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
             if k.is_empty() || k.len() > limits::MAX_IDEMPOTENCY_KEY_LEN {
-                return Err(ApiError::bad_request("Idempotency-Key must be 1..=128 bytes"));
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key must be 1..=128 bytes",
+                ));
             }
             Ok(Some(k.to_string()))
         }
@@ -186,65 +204,122 @@ async fn readyz(State(app): AppState) -> Response {
 }
 
 async fn metrics(State(app): AppState) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.render_metrics()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.render_metrics(),
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------- accounts
 
-async fn create_api_key(State(app): AppState, headers: HeaderMap, Body(b): Body<api::CreateApiKey>) -> Result<Response> {
-    let role = Role::parse(&b.role).ok_or_else(|| ApiError::invalid("role must be buyer, organizer, service or operator"))?;
+async fn create_api_key(
+    State(app): AppState,
+    headers: HeaderMap,
+    Body(b): Body<api::CreateApiKey>,
+) -> Result<Response> {
+    let role = Role::parse(&b.role)
+        .ok_or_else(|| ApiError::invalid("role must be buyer, organizer, service or operator"))?;
     let secret = crate::app::random_key();
     let key_digest = *blake3::hash(secret.as_bytes()).as_bytes();
-    match write(&app, &headers, Op::CreateApiKey { name: b.name, role, key_digest }).await? {
-        Reply::ApiKeyCreated { key } => Ok(created(api::ApiKeyCreated { key_id: key.to_string(), key: secret })),
+    match write(
+        &app,
+        &headers,
+        Op::CreateApiKey {
+            name: b.name,
+            role,
+            key_digest,
+        },
+    )
+    .await?
+    {
+        Reply::ApiKeyCreated { key } => Ok(created(api::ApiKeyCreated {
+            key_id: key.to_string(),
+            key: secret,
+        })),
         other => Err(unexpected(&other)),
     }
 }
 
 // ---------------------------------------------------------------- catalog
 
-async fn create_venue(State(app): AppState, headers: HeaderMap, Body(b): Body<api::CreateVenue>) -> Result<Response> {
+async fn create_venue(
+    State(app): AppState,
+    headers: HeaderMap,
+    Body(b): Body<api::CreateVenue>,
+) -> Result<Response> {
     match write(&app, &headers, venue_op(b)).await? {
-        Reply::VenueCreated { venue, seats, ga_capacity } => {
-            Ok(created(api::VenueCreated { venue_id: venue.to_string(), seats, ga_capacity }))
-        }
+        Reply::VenueCreated {
+            venue,
+            seats,
+            ga_capacity,
+        } => Ok(created(api::VenueCreated {
+            venue_id: venue.to_string(),
+            seats,
+            ga_capacity,
+        })),
         other => Err(unexpected(&other)),
     }
 }
 
-async fn get_venue(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::Venue>> {
+async fn get_venue(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::Venue>> {
     authenticate(&app, &headers).await?;
     let id: VenueId = parse_id(&id, "venue")?;
-    app.read(q.consistency()?, |l| l.state().venues.get(&id).map(venue_view))
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no venue {id}")))
+    app.read(q.consistency()?, |l| {
+        l.state().venues.get(&id).map(venue_view)
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::not_found(format!("no venue {id}")))
 }
 
-async fn create_event(State(app): AppState, headers: HeaderMap, Body(b): Body<api::CreateEvent>) -> Result<Response> {
+async fn create_event(
+    State(app): AppState,
+    headers: HeaderMap,
+    Body(b): Body<api::CreateEvent>,
+) -> Result<Response> {
     match write(&app, &headers, event_op(b)).await? {
-        Reply::EventCreated { event } => Ok(created(api::EventCreated { event_id: event.to_string() })),
+        Reply::EventCreated { event } => Ok(created(api::EventCreated {
+            event_id: event.to_string(),
+        })),
         other => Err(unexpected(&other)),
     }
 }
 
 const MAX_PAGE: usize = 500;
 
-async fn list_events(State(app): AppState, headers: HeaderMap, Query(q): Query<ReadParams>) -> Result<Json<api::EventList>> {
+async fn list_events(
+    State(app): AppState,
+    headers: HeaderMap,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::EventList>> {
     authenticate(&app, &headers).await?;
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::bad_request(format!("limit must be 1..={MAX_PAGE}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={MAX_PAGE}"
+        )));
     }
     let after: Option<EventId> = match &q.after {
-        Some(a) => Some(a.parse().map_err(|_| ApiError::bad_request("after must be an event id"))?),
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| ApiError::bad_request("after must be an event id"))?,
+        ),
         None => None,
     };
     let needle = q.q.as_deref().map(str::to_lowercase);
     let list = app
         .read(q.consistency()?, |l| {
             let range = match after {
-                Some(a) => l.state().events.range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+                Some(a) => l
+                    .state()
+                    .events
+                    .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
                 None => l.state().events.range(..),
             };
             let mut events: Vec<api::Event> = range
@@ -252,7 +327,8 @@ async fn list_events(State(app): AppState, headers: HeaderMap, Query(q): Query<R
                 .filter(|e| q.category.as_ref().is_none_or(|c| &e.category == c))
                 .filter(|e| {
                     needle.as_ref().is_none_or(|n| {
-                        e.name.to_lowercase().contains(n) || e.description.to_lowercase().contains(n)
+                        e.name.to_lowercase().contains(n)
+                            || e.description.to_lowercase().contains(n)
                     })
                 })
                 .take(limit + 1)
@@ -260,7 +336,10 @@ async fn list_events(State(app): AppState, headers: HeaderMap, Query(q): Query<R
                 .collect();
             let next = (events.len() > limit).then(|| {
                 events.truncate(limit);
-                events.last().map(|e| e.event_id.clone()).unwrap_or_default()
+                events
+                    .last()
+                    .map(|e| e.event_id.clone())
+                    .unwrap_or_default()
             });
             api::EventList { events, next }
         })
@@ -268,13 +347,20 @@ async fn list_events(State(app): AppState, headers: HeaderMap, Query(q): Query<R
     Ok(Json(list))
 }
 
-async fn get_event(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::Event>> {
+async fn get_event(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::Event>> {
     authenticate(&app, &headers).await?;
     let id: EventId = parse_id(&id, "event")?;
-    app.read(q.consistency()?, |l| l.state().events.get(&id).map(|e| event_view(l, e)))
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no event {id}")))
+    app.read(q.consistency()?, |l| {
+        l.state().events.get(&id).map(|e| event_view(l, e))
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::not_found(format!("no event {id}")))
 }
 
 async fn create_performance(
@@ -285,19 +371,30 @@ async fn create_performance(
 ) -> Result<Response> {
     let principal = authenticate(&app, &headers).await?;
     let event: EventId = parse_id(&id, "event")?;
-    let op = app.read(Consistency::Linearizable, |l| performance_op(l, event, b)).await??;
+    let op = app
+        .read(Consistency::Linearizable, |l| performance_op(l, event, b))
+        .await??;
     match write_as(&app, &headers, principal, op).await? {
-        Reply::PerformanceCreated { performance } => {
-            Ok(created(api::PerformanceCreated { performance_id: performance.to_string() }))
-        }
+        Reply::PerformanceCreated { performance } => Ok(created(api::PerformanceCreated {
+            performance_id: performance.to_string(),
+        })),
         other => Err(unexpected(&other)),
     }
 }
 
-async fn read_performance(app: &App, id: PerformanceId, c: Consistency) -> Result<api::Performance> {
-    app.read(c, |l| l.state().performances.get(&id).map(|p| performance_view(l, p)))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no performance {id}")))
+async fn read_performance(
+    app: &App,
+    id: PerformanceId,
+    c: Consistency,
+) -> Result<api::Performance> {
+    app.read(c, |l| {
+        l.state()
+            .performances
+            .get(&id)
+            .map(|p| performance_view(l, p))
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("no performance {id}")))
 }
 
 async fn get_performance(
@@ -307,7 +404,9 @@ async fn get_performance(
     Query(q): Query<ReadParams>,
 ) -> Result<Json<api::Performance>> {
     authenticate(&app, &headers).await?;
-    Ok(Json(read_performance(&app, parse_id(&id, "performance")?, q.consistency()?).await?))
+    Ok(Json(
+        read_performance(&app, parse_id(&id, "performance")?, q.consistency()?).await?,
+    ))
 }
 
 async fn update_performance(
@@ -330,9 +429,11 @@ async fn get_seats(
     authenticate(&app, &headers).await?;
     let id: PerformanceId = parse_id(&id, "performance")?;
     let section = q.section.clone();
-    app.read(q.consistency()?, |l| match l.state().performances.get(&id) {
-        Some(p) => seat_map(l, p, section.as_deref()),
-        None => Err(ApiError::not_found(format!("no performance {id}"))),
+    app.read(q.consistency()?, |l| {
+        match l.state().performances.get(&id) {
+            Some(p) => seat_map(l, p, section.as_deref()),
+            None => Err(ApiError::not_found(format!("no performance {id}"))),
+        }
     })
     .await?
     .map(Json)
@@ -340,15 +441,27 @@ async fn get_seats(
 
 // ---------------------------------------------------------------- waiting room
 
-async fn join_queue(State(app): AppState, headers: HeaderMap, Path(id): Path<String>) -> Result<Response> {
+async fn join_queue(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
     let performance: PerformanceId = parse_id(&id, "performance")?;
     match write(&app, &headers, Op::JoinQueue { performance }).await? {
-        Reply::QueueJoined { queue, position } => Ok(created(api::QueueJoined { queue_id: queue.to_string(), position })),
+        Reply::QueueJoined { queue, position } => Ok(created(api::QueueJoined {
+            queue_id: queue.to_string(),
+            position,
+        })),
         other => Err(unexpected(&other)),
     }
 }
 
-async fn get_queue(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::QueueStatus>> {
+async fn get_queue(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::QueueStatus>> {
     let principal = authenticate(&app, &headers).await?;
     let queue: QueueId = parse_id(&id, "queue entry")?;
     let view = app
@@ -366,91 +479,210 @@ async fn get_queue(State(app): AppState, headers: HeaderMap, Path(id): Path<Stri
 
 // ---------------------------------------------------------------- holds and bookings
 
-async fn create_hold(State(app): AppState, headers: HeaderMap, Body(b): Body<api::CreateHold>) -> Result<Response> {
+async fn create_hold(
+    State(app): AppState,
+    headers: HeaderMap,
+    Body(b): Body<api::CreateHold>,
+) -> Result<Response> {
     let principal = authenticate(&app, &headers).await?;
     // Venues never change, so resolving seat names needs no read index unless the
     // performance is too new to be here yet.
     let op = match app.read(Consistency::Stale, |l| hold_op(l, &b)).await? {
-        Err(e) if e.code == "not_found" => app.read(Consistency::Linearizable, |l| hold_op(l, &b)).await??,
+        Err(e) if e.code == "not_found" => {
+            app.read(Consistency::Linearizable, |l| hold_op(l, &b))
+                .await??
+        }
         other => other?,
     };
     match write_as(&app, &headers, principal, op).await? {
         Reply::HoldPlaced(r) => {
-            let view = app.read(Consistency::Stale, |l| l.state().holds.get(&r.hold).map(|h| hold_view(l, h))).await?;
-            view.map(created).ok_or_else(|| ApiError::internal("hold placed but not readable"))
+            let view = app
+                .read(Consistency::Stale, |l| {
+                    l.state().holds.get(&r.hold).map(|h| hold_view(l, h))
+                })
+                .await?;
+            view.map(created)
+                .ok_or_else(|| ApiError::internal("hold placed but not readable"))
         }
         other => Err(unexpected(&other)),
     }
 }
 
 /// A hold the principal may see: its holder, a service, or an operator.
-async fn visible_hold(app: &App, principal: Principal, id: HoldId, c: Consistency) -> Result<api::Hold> {
-    let found = app.read(c, |l| l.state().holds.get(&id).map(|h| (h.buyer, hold_view(l, h)))).await?;
+async fn visible_hold(
+    app: &App,
+    principal: Principal,
+    id: HoldId,
+    c: Consistency,
+) -> Result<api::Hold> {
+    let found = app
+        .read(c, |l| {
+            l.state().holds.get(&id).map(|h| (h.buyer, hold_view(l, h)))
+        })
+        .await?;
     match found {
-        Some((buyer, v)) if buyer == principal || app.is_service_or_operator(principal).await? => Ok(v),
+        Some((buyer, v)) if buyer == principal || app.is_service_or_operator(principal).await? => {
+            Ok(v)
+        }
         Some(_) => Err(ApiError::forbidden("this hold is another buyer's")),
-        None => Err(ApiError::not_found(format!("no hold {id} (holds are forgotten an hour after they end)"))),
+        None => Err(ApiError::not_found(format!(
+            "no hold {id} (holds are forgotten an hour after they end)"
+        ))),
     }
 }
 
-async fn get_hold(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::Hold>> {
+async fn get_hold(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::Hold>> {
     let principal = authenticate(&app, &headers).await?;
-    Ok(Json(visible_hold(&app, principal, parse_id(&id, "hold")?, q.consistency()?).await?))
+    Ok(Json(
+        visible_hold(&app, principal, parse_id(&id, "hold")?, q.consistency()?).await?,
+    ))
 }
 
-async fn release_hold(State(app): AppState, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<api::Hold>> {
+async fn release_hold(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<api::Hold>> {
     let principal = authenticate(&app, &headers).await?;
     let hold: HoldId = parse_id(&id, "hold")?;
     write_as(&app, &headers, principal, Op::ReleaseHold { hold }).await?;
-    Ok(Json(visible_hold(&app, principal, hold, Consistency::Stale).await?))
+    Ok(Json(
+        visible_hold(&app, principal, hold, Consistency::Stale).await?,
+    ))
 }
 
-async fn extend_hold(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Body(b): Body<api::ExtendHold>) -> Result<Json<api::Hold>> {
+async fn extend_hold(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(b): Body<api::ExtendHold>,
+) -> Result<Json<api::Hold>> {
     let principal = authenticate(&app, &headers).await?;
     let hold: HoldId = parse_id(&id, "hold")?;
-    write_as(&app, &headers, principal, Op::ExtendHold { hold, payment_ref: b.payment_ref }).await?;
-    Ok(Json(visible_hold(&app, principal, hold, Consistency::Stale).await?))
+    write_as(
+        &app,
+        &headers,
+        principal,
+        Op::ExtendHold {
+            hold,
+            payment_ref: b.payment_ref,
+        },
+    )
+    .await?;
+    Ok(Json(
+        visible_hold(&app, principal, hold, Consistency::Stale).await?,
+    ))
 }
 
-async fn confirm_hold(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Body(b): Body<api::ConfirmHold>) -> Result<Response> {
+async fn confirm_hold(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(b): Body<api::ConfirmHold>,
+) -> Result<Response> {
     let hold: HoldId = parse_id(&id, "hold")?;
     let principal = authenticate(&app, &headers).await?;
-    let quantity = app.read(Consistency::Stale, |l| l.state().holds.get(&hold).map(|h| h.quantity())).await?;
-    let codes = (0..quantity.unwrap_or(0)).map(|_| rand::random::<CheckInCode>()).collect();
-    match write_as(&app, &headers, principal, Op::ConfirmHold { hold, payment_ref: b.payment_ref, codes }).await? {
+    let quantity = app
+        .read(Consistency::Stale, |l| {
+            l.state().holds.get(&hold).map(|h| h.quantity())
+        })
+        .await?;
+    let codes = (0..quantity.unwrap_or(0))
+        .map(|_| rand::random::<CheckInCode>())
+        .collect();
+    match write_as(
+        &app,
+        &headers,
+        principal,
+        Op::ConfirmHold {
+            hold,
+            payment_ref: b.payment_ref,
+            codes,
+        },
+    )
+    .await?
+    {
         Reply::BookingConfirmed(r) => {
-            let view = app.read(Consistency::Stale, |l| l.state().bookings.get(&r.booking).map(|b| booking_view(l, b))).await?;
-            view.map(created).ok_or_else(|| ApiError::internal("booking confirmed but not readable"))
+            let view = app
+                .read(Consistency::Stale, |l| {
+                    l.state()
+                        .bookings
+                        .get(&r.booking)
+                        .map(|b| booking_view(l, b))
+                })
+                .await?;
+            view.map(created)
+                .ok_or_else(|| ApiError::internal("booking confirmed but not readable"))
         }
         other => Err(unexpected(&other)),
     }
 }
 
-async fn get_booking(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<ReadParams>) -> Result<Json<api::Booking>> {
+async fn get_booking(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::Booking>> {
     let principal = authenticate(&app, &headers).await?;
     let id: BookingId = parse_id(&id, "booking")?;
-    let found = app.read(q.consistency()?, |l| l.state().bookings.get(&id).map(|b| (b.buyer, booking_view(l, b)))).await?;
+    let found = app
+        .read(q.consistency()?, |l| {
+            l.state()
+                .bookings
+                .get(&id)
+                .map(|b| (b.buyer, booking_view(l, b)))
+        })
+        .await?;
     match found {
-        Some((buyer, v)) if buyer == principal || app.is_service_or_operator(principal).await? => Ok(Json(v)),
+        Some((buyer, v)) if buyer == principal || app.is_service_or_operator(principal).await? => {
+            Ok(Json(v))
+        }
         Some(_) => Err(ApiError::forbidden("this booking is another buyer's")),
         None => Err(ApiError::not_found(format!("no booking {id}"))),
     }
 }
 
-async fn refund_booking(State(app): AppState, headers: HeaderMap, Path(id): Path<String>, body: axum::body::Bytes) -> Result<Json<api::Refunded>> {
+async fn refund_booking(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<api::Refunded>> {
     let booking: BookingId = parse_id(&id, "booking")?;
     // The body is optional: none refunds the whole booking.
     let b: api::RefundRequest = if body.iter().all(u8::is_ascii_whitespace) {
         api::RefundRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))?
     };
     let mut tickets = Vec::with_capacity(b.tickets.len());
     for t in &b.tickets {
-        tickets.push(t.parse::<TicketId>().map_err(|_| ApiError::invalid(format!("{t:?} is not a ticket id")))?);
+        tickets.push(
+            t.parse::<TicketId>()
+                .map_err(|_| ApiError::invalid(format!("{t:?} is not a ticket id")))?,
+        );
     }
-    let refund_ref = b.refund_ref.unwrap_or_else(|| format!("refund-{}", crate::app::random_key()));
-    match write(&app, &headers, Op::Refund { booking, tickets, refund_ref }).await? {
+    let refund_ref = b
+        .refund_ref
+        .unwrap_or_else(|| format!("refund-{}", crate::app::random_key()));
+    match write(
+        &app,
+        &headers,
+        Op::Refund {
+            booking,
+            tickets,
+            refund_ref,
+        },
+    )
+    .await?
+    {
         Reply::Refunded { amount, tickets } => Ok(Json(api::Refunded {
             booking_id: booking.to_string(),
             tickets: tickets.iter().map(|t| t.to_string()).collect(),

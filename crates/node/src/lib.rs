@@ -41,19 +41,32 @@ fn raft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
 
 /// Open the store, start Raft, serve HTTP and gRPC until SIGTERM or Ctrl-C.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let (log_store, sm_store) =
-        raft_store::open(&cfg.data_dir).with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let (log_store, sm_store) = raft_store::open(&cfg.data_dir)
+        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let ledger = sm_store.ledger_handle();
     let peers = net::Peers::new(cfg.request_timeout);
-    let raft = raft_store::Raft::new(cfg.id, Arc::new(raft_config(&cfg)?), net::NetworkFactory { peers: peers.clone() }, log_store, sm_store)
-        .await
-        .context("starting Raft")?;
+    let raft = raft_store::Raft::new(
+        cfg.id,
+        Arc::new(raft_config(&cfg)?),
+        net::NetworkFactory {
+            peers: peers.clone(),
+        },
+        log_store,
+        sm_store,
+    )
+    .await
+    .context("starting Raft")?;
     let app = Arc::new(App::new(cfg.clone(), raft, ledger));
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let http = tokio::net::TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding HTTP {}", cfg.http_addr))?;
-    let grpc = tokio::net::TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding gRPC {}", cfg.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP {}", cfg.http_addr))?;
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC {}", cfg.grpc_addr))?;
     tracing::info!(node_id = cfg.id, http = %cfg.http_addr, grpc = %cfg.grpc_addr, data_dir = %cfg.data_dir.display(), "ticketd serving");
 
     let svc = net::pb::raft_server::RaftServer::new(net::RaftService { app: app.clone() })
@@ -63,10 +76,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
-            .add_service(grpc::pb::ledger_server::LedgerServer::new(grpc::LedgerService { app: app.clone() }))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
-                let _ = rx.changed().await;
-            }),
+            .add_service(grpc::pb::ledger_server::LedgerServer::new(
+                grpc::LedgerService { app: app.clone() },
+            ))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move {
+                    let _ = rx.changed().await;
+                },
+            ),
     );
     let mut rx = shutdown_rx.clone();
     let server = axum::serve(http, http::router(app.clone())).with_graceful_shutdown(async move {
@@ -84,13 +102,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = tick_task.await;
     })
     .await;
-    app.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    app.raft
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -7,6 +7,9 @@ use node::config::{Cli, Config};
 fn main() -> anyhow::Result<()> {
     let cfg = Config::load(Cli::parse())?;
     node::logging::init(&cfg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(node::run(cfg))
 }

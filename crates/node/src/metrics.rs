@@ -5,8 +5,10 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Latency buckets in microseconds.
-const LATENCY_BUCKETS_US: [u64; 14] =
-    [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000, 1_024_000, 4_096_000];
+const LATENCY_BUCKETS_US: [u64; 14] = [
+    250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000,
+    1_024_000, 4_096_000,
+];
 /// Batch-size buckets (commands per proposal).
 const BATCH_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024];
 
@@ -19,7 +21,12 @@ pub struct Histogram<const N: usize> {
 
 impl<const N: usize> Histogram<N> {
     fn new(bounds: [u64; N]) -> Self {
-        Histogram { bounds, counts: std::array::from_fn(|_| AtomicU64::new(0)), overflow: AtomicU64::new(0), sum: AtomicU64::new(0) }
+        Histogram {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            overflow: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
     }
     pub fn observe(&self, v: u64) {
         self.sum.fetch_add(v, Relaxed);
@@ -33,11 +40,19 @@ impl<const N: usize> Histogram<N> {
         let mut acc = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             acc += c.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{}\"}} {acc}", *b as f64 * scale);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {acc}",
+                *b as f64 * scale
+            );
         }
         acc += self.overflow.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {acc}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum.load(Relaxed) as f64 * scale);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum.load(Relaxed) as f64 * scale
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {acc}");
     }
 }
@@ -102,40 +117,105 @@ impl Metrics {
         };
         gauge("ticketledger_node_id", "This node's Raft id.", g.node_id);
         gauge("ticketledger_raft_term", "Current Raft term.", g.term);
-        gauge("ticketledger_raft_is_leader", "1 on the leader.", u64::from(g.is_leader));
-        gauge("ticketledger_raft_last_log_index", "Last log index on this node.", g.last_log_index);
-        gauge("ticketledger_raft_committed_index", "Committed index known to this node.", g.committed_index);
-        gauge("ticketledger_raft_applied_index", "Last index applied to the ledger.", g.applied_index);
+        gauge(
+            "ticketledger_raft_is_leader",
+            "1 on the leader.",
+            u64::from(g.is_leader),
+        );
+        gauge(
+            "ticketledger_raft_last_log_index",
+            "Last log index on this node.",
+            g.last_log_index,
+        );
+        gauge(
+            "ticketledger_raft_committed_index",
+            "Committed index known to this node.",
+            g.committed_index,
+        );
+        gauge(
+            "ticketledger_raft_applied_index",
+            "Last index applied to the ledger.",
+            g.applied_index,
+        );
         gauge(
             "ticketledger_raft_apply_lag",
             "Committed but not yet applied entries.",
             g.committed_index.saturating_sub(g.applied_index),
         );
-        gauge("ticketledger_holds_live", "Live holds in the ledger.", g.holds_live);
-        gauge("ticketledger_seats_sold", "Seats and GA places sold, all performances.", g.seats_sold);
-        gauge("ticketledger_seats_held", "Seats and GA places held, all performances.", g.seats_held);
-        gauge("ticketledger_queue_waiting", "Buyers waiting in waiting rooms.", g.queue_waiting);
+        gauge(
+            "ticketledger_holds_live",
+            "Live holds in the ledger.",
+            g.holds_live,
+        );
+        gauge(
+            "ticketledger_seats_sold",
+            "Seats and GA places sold, all performances.",
+            g.seats_sold,
+        );
+        gauge(
+            "ticketledger_seats_held",
+            "Seats and GA places held, all performances.",
+            g.seats_held,
+        );
+        gauge(
+            "ticketledger_queue_waiting",
+            "Buyers waiting in waiting rooms.",
+            g.queue_waiting,
+        );
         let mut counter = |name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
         };
-        counter("ticketledger_proposals_total", "Commands proposed by this node as leader.", &self.proposals);
-        counter("ticketledger_proposals_forwarded_total", "Commands forwarded to the leader.", &self.proposals_forwarded);
+        counter(
+            "ticketledger_proposals_total",
+            "Commands proposed by this node as leader.",
+            &self.proposals,
+        );
+        counter(
+            "ticketledger_proposals_forwarded_total",
+            "Commands forwarded to the leader.",
+            &self.proposals_forwarded,
+        );
         counter(
             "ticketledger_proposals_overloaded_total",
             "Writes refused with 503 because too many were in flight.",
             &self.proposals_rejected_overload,
         );
-        counter("ticketledger_ticks_total", "Tick commands proposed by this node.", &self.ticks);
-        counter("ticketledger_http_responses_4xx_total", "HTTP responses with a 4xx status.", &self.http_responses_4xx);
-        counter("ticketledger_http_responses_5xx_total", "HTTP responses with a 5xx status.", &self.http_responses_5xx);
-        let _ = writeln!(out, "# HELP ticketledger_proposal_batch_size Commands per Raft proposal.\n# TYPE ticketledger_proposal_batch_size histogram");
-        self.batch_size.render(&mut out, "ticketledger_proposal_batch_size", "", 1.0);
+        counter(
+            "ticketledger_ticks_total",
+            "Tick commands proposed by this node.",
+            &self.ticks,
+        );
+        counter(
+            "ticketledger_http_responses_4xx_total",
+            "HTTP responses with a 4xx status.",
+            &self.http_responses_4xx,
+        );
+        counter(
+            "ticketledger_http_responses_5xx_total",
+            "HTTP responses with a 5xx status.",
+            &self.http_responses_5xx,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ticketledger_proposal_batch_size Commands per Raft proposal.\n# TYPE ticketledger_proposal_batch_size histogram"
+        );
+        self.batch_size
+            .render(&mut out, "ticketledger_proposal_batch_size", "", 1.0);
         let _ = writeln!(
             out,
             "# HELP ticketledger_request_seconds HTTP request latency.\n# TYPE ticketledger_request_seconds histogram"
         );
         for (route, h) in ["write", "read", "admin"].iter().zip(&self.latency) {
-            h.render(&mut out, "ticketledger_request_seconds", &format!("route=\"{route}\""), 1e-6);
+            h.render(
+                &mut out,
+                "ticketledger_request_seconds",
+                &format!("route=\"{route}\""),
+                1e-6,
+            );
         }
         out
     }
@@ -165,7 +245,9 @@ mod tests {
         };
         let text = m.render(&g);
         assert!(text.contains("ticketledger_raft_apply_lag 1"));
-        assert!(text.contains("ticketledger_request_seconds_bucket{route=\"write\",le=\"0.0005\"} 1"));
+        assert!(
+            text.contains("ticketledger_request_seconds_bucket{route=\"write\",le=\"0.0005\"} 1")
+        );
         assert!(text.contains("ticketledger_request_seconds_count{route=\"write\"} 2"));
         assert!(text.contains("ticketledger_proposal_batch_size_bucket{le=\"4\"} 1"));
     }

@@ -2,7 +2,6 @@
 //! streamed in 1 MiB chunks) and the calls a follower makes to the leader (forwarded writes,
 //! read indexes, status). Payloads are postcard-encoded serde types.
 
-use openraft::type_config::async_runtime::WatchReceiver as _;
 use crate::app::App;
 use crate::error::ApiError;
 use futures::StreamExt;
@@ -10,9 +9,10 @@ use ledger::{Op, Outcome, Principal};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::type_config::async_runtime::WatchReceiver as _;
 use raft_store::{Node, NodeId, Raft, SnapshotData, TypeConfig as C};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::HashMap;
@@ -37,7 +37,8 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(b).map_err(|e| Status::invalid_argument(format!("undecodable message: {e}")))
+    postcard::from_bytes(b)
+        .map_err(|e| Status::invalid_argument(format!("undecodable message: {e}")))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,7 +65,10 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(timeout: Duration) -> Peers {
-        Peers { channels: Arc::default(), timeout }
+        Peers {
+            channels: Arc::default(),
+            timeout,
+        }
     }
 
     pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
@@ -82,33 +86,57 @@ impl Peers {
                 c
             }
         };
-        Ok(RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     fn addr_of(raft: &Raft, id: NodeId) -> Option<Node> {
-        raft.metrics().borrow_watched().membership_config.membership().get_node(&id).cloned()
+        raft.metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
     }
 
     fn leader_client(&self, raft: &Raft, leader: NodeId) -> Result<RaftClient<Channel>, ApiError> {
-        let node = Self::addr_of(raft, leader)
-            .ok_or_else(|| ApiError::unavailable("no_leader", format!("leader {leader} is not in the membership")))?;
-        self.client(&node.grpc_addr).map_err(|e| ApiError::unavailable("unavailable", e))
+        let node = Self::addr_of(raft, leader).ok_or_else(|| {
+            ApiError::unavailable(
+                "no_leader",
+                format!("leader {leader} is not in the membership"),
+            )
+        })?;
+        self.client(&node.grpc_addr)
+            .map_err(|e| ApiError::unavailable("unavailable", e))
     }
 
     /// Hand a write to the leader. A transport failure leaves the outcome unknown.
-    pub async fn forward(&self, raft: &Raft, leader: NodeId, req: &ForwardRequest) -> Result<ForwardReply, ApiError> {
+    pub async fn forward(
+        &self,
+        raft: &Raft,
+        leader: NodeId,
+        req: &ForwardRequest,
+    ) -> Result<ForwardReply, ApiError> {
         let mut client = self.leader_client(raft, leader)?;
         let mut r = Request::new(pb::Blob { data: encode(req) });
         r.set_timeout(self.timeout);
         match client.forward(r).await {
-            Ok(resp) => decode(&resp.into_inner().data).map_err(|e| ApiError::internal(e.message().to_string())),
+            Ok(resp) => decode(&resp.into_inner().data)
+                .map_err(|e| ApiError::internal(e.message().to_string())),
             Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
                 // Never reached the leader: nothing was proposed.
-                Err(ApiError::unavailable("no_leader", format!("leader {leader} is unreachable")))
+                Err(ApiError::unavailable(
+                    "no_leader",
+                    format!("leader {leader} is unreachable"),
+                ))
             }
             Err(s) => Err(ApiError::unavailable(
                 "unavailable",
-                format!("forwarding to leader {leader} failed ({}); outcome unknown: retry with the same Idempotency-Key", s.message()),
+                format!(
+                    "forwarding to leader {leader} failed ({}); outcome unknown: retry with the same Idempotency-Key",
+                    s.message()
+                ),
             )),
         }
     }
@@ -117,11 +145,14 @@ impl Peers {
         let mut client = self.leader_client(raft, leader)?;
         let mut r = Request::new(pb::Blob { data: Vec::new() });
         r.set_timeout(self.timeout);
-        let resp = client
-            .read_index(r)
-            .await
-            .map_err(|s| ApiError::unavailable("no_leader", format!("read index from leader {leader}: {}", s.message())))?;
-        let reply: Result<u64, String> = decode(&resp.into_inner().data).map_err(|e| ApiError::internal(e.message().to_string()))?;
+        let resp = client.read_index(r).await.map_err(|s| {
+            ApiError::unavailable(
+                "no_leader",
+                format!("read index from leader {leader}: {}", s.message()),
+            )
+        })?;
+        let reply: Result<u64, String> = decode(&resp.into_inner().data)
+            .map_err(|e| ApiError::internal(e.message().to_string()))?;
         reply.map_err(|e| ApiError::unavailable("no_leader", e))
     }
 
@@ -129,7 +160,10 @@ impl Peers {
         let mut client = self.client(addr)?;
         let mut r = Request::new(pb::Blob { data: Vec::new() });
         r.set_timeout(Duration::from_secs(1));
-        let resp = client.local_status(r).await.map_err(|s| s.message().to_string())?;
+        let resp = client
+            .local_status(r)
+            .await
+            .map_err(|s| s.message().to_string())?;
         serde_json::from_slice(&resp.into_inner().data).map_err(|e| e.to_string())
     }
 }
@@ -144,7 +178,10 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConn {
-        PeerConn { target, client: self.peers.client(&node.grpc_addr) }
+        PeerConn {
+            target,
+            client: self.peers.client(&node.grpc_addr),
+        }
     }
 }
 
@@ -154,7 +191,9 @@ pub struct PeerConn {
 }
 
 fn unreachable<E: std::fmt::Display>(target: NodeId, e: E) -> RPCError<C> {
-    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!("node {target}: {e}"))))
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+        "node {target}: {e}"
+    ))))
 }
 
 fn network<E: std::fmt::Display>(target: NodeId, e: E) -> NetworkError<C> {
@@ -178,11 +217,13 @@ impl PeerConn {
             _ => client.transfer_leader(r).await,
         };
         let blob = result.map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => unreachable(target, s.message()),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                unreachable(target, s.message())
+            }
             _ => RPCError::Network(network(target, s.message())),
         })?;
-        let reply: Result<Resp, String> =
-            postcard::from_bytes(&blob.into_inner().data).map_err(|e| RPCError::Network(network(target, e)))?;
+        let reply: Result<Resp, String> = postcard::from_bytes(&blob.into_inner().data)
+            .map_err(|e| RPCError::Network(network(target, e)))?;
         reply.map_err(|e| RPCError::Network(network(target, e)))
     }
 }
@@ -190,15 +231,27 @@ impl PeerConn {
 impl RaftNetworkV2<C> for PeerConn {
     type SnapshotData = SnapshotData;
 
-    async fn append_entries(&mut self, rpc: AppendEntriesRequest<C>, option: RPCOption) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         self.call("append", &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
         self.call("vote", &rpc, &option).await
     }
 
-    async fn transfer_leader(&mut self, req: TransferLeaderRequest<C>, option: RPCOption) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
         self.call("transfer", &req, &option).await
     }
 
@@ -210,11 +263,23 @@ impl RaftNetworkV2<C> for PeerConn {
         option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
         let target = self.target;
-        let client = self.client.as_mut().map_err(|e| StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone()))))?;
+        let client = self.client.as_mut().map_err(|e| {
+            StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))
+        })?;
         let bytes = raft_store::snapshot_bytes(&snapshot.snapshot);
         let meta = encode(&(vote, snapshot.meta));
-        let mut chunks = vec![pb::SnapshotChunk { meta, data: Vec::new() }];
-        chunks.extend(bytes.chunks(SNAPSHOT_CHUNK_BYTES).map(|c| pb::SnapshotChunk { meta: Vec::new(), data: c.to_vec() }));
+        let mut chunks = vec![pb::SnapshotChunk {
+            meta,
+            data: Vec::new(),
+        }];
+        chunks.extend(
+            bytes
+                .chunks(SNAPSHOT_CHUNK_BYTES)
+                .map(|c| pb::SnapshotChunk {
+                    meta: Vec::new(),
+                    data: c.to_vec(),
+                }),
+        );
         let mut r = Request::new(tokio_stream::iter(chunks));
         r.set_timeout(option.hard_ttl().max(Duration::from_secs(60)));
         let send = client.install_snapshot(r);
@@ -223,7 +288,8 @@ impl RaftNetworkV2<C> for PeerConn {
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
         let reply: Result<SnapshotResponse<C>, String> =
-            postcard::from_bytes(&blob.into_inner().data).map_err(|e| StreamingError::Network(network(target, e)))?;
+            postcard::from_bytes(&blob.into_inner().data)
+                .map_err(|e| StreamingError::Network(network(target, e)))?;
         reply.map_err(|e| StreamingError::Network(network(target, e)))
     }
 }
@@ -234,7 +300,9 @@ pub struct RaftService {
     pub app: Arc<App>,
 }
 
-fn reply<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<pb::Blob>, Status> {
+fn reply<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<pb::Blob>, Status> {
     let r: Result<T, String> = r.map_err(|e| e.to_string());
     Ok(Response::new(pb::Blob { data: encode(&r) }))
 }
@@ -256,32 +324,48 @@ impl pb::raft_server::Raft for RaftService {
         reply(self.app.raft.handle_transfer_leader(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::Blob>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::Blob>, Status> {
         let mut stream = req.into_inner();
-        let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-        type Meta = (openraft::type_config::alias::VoteOf<C>, openraft::type_config::alias::SnapshotMetaOf<C>);
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        type Meta = (
+            openraft::type_config::alias::VoteOf<C>,
+            openraft::type_config::alias::SnapshotMetaOf<C>,
+        );
         let (vote, meta): Meta = decode(&first.meta)?;
         let mut data = Vec::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
-                return Err(Status::resource_exhausted("snapshot larger than this node accepts"));
+                return Err(Status::resource_exhausted(
+                    "snapshot larger than this node accepts",
+                ));
             }
             data.extend_from_slice(&chunk.data);
         }
         // Validate before handing it to openraft: an install error would stop the node.
-        let snapshot = raft_store::snapshot_from_bytes(data).map_err(|e| Status::invalid_argument(format!("refused snapshot: {e}")))?;
+        let snapshot = raft_store::snapshot_from_bytes(data)
+            .map_err(|e| Status::invalid_argument(format!("refused snapshot: {e}")))?;
         let snapshot = openraft::Snapshot { meta, snapshot };
         reply(self.app.raft.install_full_snapshot(vote, snapshot).await)
     }
 
     async fn forward(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
         let request: ForwardRequest = decode(&req.into_inner().data)?;
-        let r = match tokio::time::timeout(self.app.cfg.request_timeout, self.app.propose(request)).await {
+        let r = match tokio::time::timeout(self.app.cfg.request_timeout, self.app.propose(request))
+            .await
+        {
             Ok(Ok((o, index))) => ForwardReply::Outcome(o, index),
             Ok(Err(crate::app::WriteFailure::NotLeader)) => ForwardReply::NotLeader,
             Ok(Err(crate::app::WriteFailure::Other(e))) => ForwardReply::Failed(e.detail),
-            Err(_) => ForwardReply::Failed("not committed within the deadline; outcome unknown".into()),
+            Err(_) => {
+                ForwardReply::Failed("not committed within the deadline; outcome unknown".into())
+            }
         };
         Ok(Response::new(pb::Blob { data: encode(&r) }))
     }
@@ -292,6 +376,8 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn local_status(&self, _req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
         let s = self.app.local_status();
-        Ok(Response::new(pb::Blob { data: serde_json::to_vec(&s).expect("status serializes") }))
+        Ok(Response::new(pb::Blob {
+            data: serde_json::to_vec(&s).expect("status serializes"),
+        }))
     }
 }
