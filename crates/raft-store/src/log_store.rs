@@ -210,7 +210,7 @@ impl RaftLogStorage<C> for LogStore {
         let last_purged_log_id: Option<LogId> = self.meta_get(KEY_PURGED)?;
         let last_log_id = self
             .last_entry_log_id()?
-            .or_else(|| last_purged_log_id.clone());
+            .or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,

@@ -166,7 +166,7 @@ impl StateMachineStore {
                 Ok((meta, ledger, ledger_bytes)) => {
                     tracing::info!(snapshot = %path.display(), last_log = ?meta.last_log_id, "loaded snapshot");
                     inner.ledger = ledger;
-                    inner.last_applied = meta.last_log_id.clone();
+                    inner.last_applied = meta.last_log_id;
                     inner.membership = meta.last_membership.clone();
                     inner.current = Some((meta, Arc::new(ledger_bytes)));
                     break;
@@ -209,7 +209,7 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
         let (meta, bytes) = {
             let g = self.inner.read().expect("ledger lock poisoned");
             let meta = Meta {
-                last_log_id: g.last_applied.clone(),
+                last_log_id: g.last_applied,
                 last_membership: g.membership.clone(),
             };
             (meta, g.ledger.snapshot())
@@ -244,7 +244,7 @@ impl RaftStateMachine<C> for StateMachineStore {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembershipOf<C>)> {
         let g = self.inner.read().expect("ledger lock poisoned");
-        Ok((g.last_applied.clone(), g.membership.clone()))
+        Ok((g.last_applied, g.membership.clone()))
     }
 
     async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
@@ -267,7 +267,7 @@ impl RaftStateMachine<C> for StateMachineStore {
                             Some(g.ledger.apply(index, cmd))
                         }
                         EntryPayload::Membership(m) => {
-                            g.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                            g.membership = StoredMembership::new(Some(entry.log_id), m);
                             skip(&mut g.ledger, index);
                             None
                         }
@@ -300,7 +300,7 @@ impl RaftStateMachine<C> for StateMachineStore {
         self.persist(meta, &bytes)?;
         let mut g = self.inner.write().expect("ledger lock poisoned");
         g.ledger = ledger;
-        g.last_applied = meta.last_log_id.clone();
+        g.last_applied = meta.last_log_id;
         g.membership = meta.last_membership.clone();
         g.current = Some((meta.clone(), Arc::new(bytes)));
         Ok(())
