@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_build_deps
 announce_build
+# The multi-node tests start real ticketd processes: build the binaries first.
+cargo build --bins
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
     # nextest does not run doctests.

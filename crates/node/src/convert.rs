@@ -193,7 +193,10 @@ pub fn hold_op(l: &Ledger, h: &api::CreateHold) -> Result<Op, ApiError> {
     let category = category_idx(&perf.categories, h.category.as_deref())?;
     let what = match (&h.seats, &h.section, h.quantity) {
         (Some(seats), None, None) => {
-            if seats.len() > usize::from(limits::MAX_SEATS_PER_ORDER) {
+            if seats.is_empty() {
+                return Err(ApiError::invalid("name at least one seat"));
+            }
+            if seats.len() > usize::from(perf.max_seats_per_order) {
                 return Err(ApiError::new(
                     axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                     "limit_exceeded",
@@ -207,15 +210,31 @@ pub fn hold_op(l: &Ledger, h: &api::CreateHold) -> Result<Op, ApiError> {
                         "no seat {name:?} in this venue (seats are named section:row:number)"
                     ))
                 })?;
+                if list.iter().any(|(s, _)| *s == seat) {
+                    return Err(ApiError::invalid(format!("seat {name:?} is named twice")));
+                }
                 list.push((seat, category));
             }
             HoldRequest::Seats(list)
         }
-        (None, Some(section), Some(quantity)) => HoldRequest::GeneralAdmission {
-            section: section_idx(venue, section)?,
-            quantity,
-            category,
-        },
+        (None, Some(section), Some(quantity)) => {
+            // Obvious mistakes are refused here, without a log entry; the ledger checks again.
+            if quantity == 0 {
+                return Err(ApiError::invalid("quantity must be at least 1"));
+            }
+            if quantity > perf.max_seats_per_order {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "limit_exceeded",
+                    format!("at most {} places per order", perf.max_seats_per_order),
+                ));
+            }
+            HoldRequest::GeneralAdmission {
+                section: section_idx(venue, section)?,
+                quantity,
+                category,
+            }
+        }
         _ => {
             return Err(ApiError::invalid(
                 "give either `seats`, or `section` and `quantity`",

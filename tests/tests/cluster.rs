@@ -1,0 +1,421 @@
+//! Multi-node tests with real ticketd processes on free ports (issue 5).
+
+use cluster_tests::*;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_elected_writes_replicate_and_hashes_agree() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 5, 2).await.unwrap();
+    let hold = cat.buyers[0]
+        .hold(&seats_hold(&cat.performance, &["A:1:1", "A:1:2"]))
+        .await
+        .unwrap();
+    assert_eq!(hold.quantity, 2);
+    let booking = cat.service.confirm(&hold.hold_id, "pay-1").await.unwrap();
+    assert_eq!(booking.tickets.len(), 2);
+    let s = t.converged(CONVERGE).await.unwrap();
+    assert_eq!(s.nodes.len(), 3);
+    // Every node serves the booking (linearizable read through each node).
+    for n in &t.c().nodes {
+        let c = t.c().node_client(n.id).unwrap();
+        assert_eq!(
+            c.booking(&booking.booking_id).await.unwrap().tickets.len(),
+            2,
+            "node {}",
+            n.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_seat_is_409_on_every_node_and_concurrent_holds_have_one_winner() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 5, 8).await.unwrap();
+    cat.buyers[0]
+        .hold(&seats_hold(&cat.performance, &["A:2:5"]))
+        .await
+        .unwrap();
+    for n in &t.c().nodes {
+        let key = t.c().node_client(n.id).unwrap();
+        let _ = key; // node clients use the admin key; use a buyer pinned to this node instead
+        let (status, body) = cat.buyers[1]
+            .raw(
+                n.id as usize - 1,
+                reqwest::Method::POST,
+                "/v1/holds",
+                Some(serde_json::to_vec(&seats_hold(&cat.performance, &["A:2:5"])).unwrap()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            status.as_u16(),
+            409,
+            "node {}: {}",
+            n.id,
+            String::from_utf8_lossy(&body)
+        );
+        assert!(String::from_utf8_lossy(&body).contains("seat_unavailable"));
+    }
+    // Two buyers race for each of 20 seats through two different nodes: exactly one wins each.
+    for k in 1..=20 {
+        let seat = format!("A:3:{k}");
+        let body = serde_json::to_vec(&seats_hold(&cat.performance, &[&seat])).unwrap();
+        let (a, b) = tokio::join!(
+            cat.buyers[2 + (k % 3)].raw(0, reqwest::Method::POST, "/v1/holds", Some(body.clone())),
+            cat.buyers[5 + (k % 3)].raw(1, reqwest::Method::POST, "/v1/holds", Some(body.clone())),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let codes = [a.0.as_u16(), b.0.as_u16()];
+        let wins = codes.iter().filter(|c| **c == 201).count();
+        // The winner releases, so no buyer reaches its live-hold limit.
+        for (resp, buyer) in [
+            (&a, &cat.buyers[2 + (k % 3)]),
+            (&b, &cat.buyers[5 + (k % 3)]),
+        ] {
+            if resp.0.as_u16() == 201 {
+                let h: api::Hold = serde_json::from_slice(&resp.1).unwrap();
+                buyer.release(&h.hold_id).await.unwrap();
+            }
+        }
+        assert_eq!(wins, 1, "seat {seat}: statuses {codes:?}");
+        assert!(codes.contains(&409), "seat {seat}: statuses {codes:?}");
+    }
+    t.converged(CONVERGE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_a_clear_4xx_and_changes_nothing() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 2, 1).await.unwrap();
+    let before = t.converged(CONVERGE).await.unwrap();
+    let p = &cat.performance;
+    let big = format!(
+        "{{\"performance_id\":\"{p}\",\"seats\":[\"{}\"]}}",
+        "x".repeat(2 << 20)
+    );
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("malformed JSON", "{\"performance_id\":".into(), 400),
+        (
+            "wrong types",
+            format!("{{\"performance_id\":\"{p}\",\"seats\":7}}"),
+            400,
+        ),
+        (
+            "unknown seat",
+            format!("{{\"performance_id\":\"{p}\",\"seats\":[\"Z:9:9\"]}}"),
+            422,
+        ),
+        (
+            "seat out of row",
+            format!("{{\"performance_id\":\"{p}\",\"seats\":[\"A:1:99\"]}}"),
+            422,
+        ),
+        (
+            "too many seats",
+            format!(
+                "{{\"performance_id\":\"{p}\",\"seats\":[\"A:1:1\",\"A:1:2\",\"A:1:3\",\"A:1:4\",\"A:1:5\"]}}"
+            ),
+            422,
+        ),
+        (
+            "unknown performance",
+            "{\"performance_id\":\"p_999\",\"seats\":[\"A:1:1\"]}".into(),
+            404,
+        ),
+        (
+            "seats and quantity",
+            format!("{{\"performance_id\":\"{p}\",\"seats\":[\"A:1:1\"],\"quantity\":2}}"),
+            422,
+        ),
+        (
+            "zero GA quantity",
+            format!("{{\"performance_id\":\"{p}\",\"section\":\"Floor\",\"quantity\":0}}"),
+            422,
+        ),
+        ("oversized body", big, 413),
+    ];
+    for (what, body, want) in cases {
+        for node in 0..3 {
+            let (status, resp) = cat.buyers[0]
+                .raw(
+                    node,
+                    reqwest::Method::POST,
+                    "/v1/holds",
+                    Some(body.clone().into_bytes()),
+                )
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&resp);
+            assert_eq!(status.as_u16(), want, "{what} on node {node}: {text}");
+            let problem: api::Problem = serde_json::from_slice(&resp)
+                .unwrap_or_else(|e| panic!("{what}: not a problem ({e}): {text}"));
+            assert!(
+                !problem.detail.is_empty() && !problem.code.is_empty(),
+                "{what}: {text}"
+            );
+        }
+    }
+    for (path, method) in [
+        ("/v1/holds/h_x", reqwest::Method::GET),
+        ("/v1/bookings/nope/refund", reqwest::Method::POST),
+        ("/v1/nothing", reqwest::Method::GET),
+    ] {
+        let (status, _) = cat.buyers[0].raw(0, method, path, None).await.unwrap();
+        assert!(status.is_client_error(), "{path}: {status}");
+    }
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/v1/holds", t.c().nodes[0].http))
+        .json(&seats_hold(p, &["A:1:1"]))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 401, "no credentials");
+    let after = t.converged(CONVERGE).await.unwrap();
+    assert_eq!(
+        (before.nodes[0].applied_index, &before.nodes[0].state_hash),
+        (after.nodes[0].applied_index, &after.nodes[0].state_hash),
+        "bad input changed the ledger"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_under_holds_loses_nothing_acknowledged() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = Arc::new(catalog(&t, 20, 40).await.unwrap());
+    let stop = Instant::now() + Duration::from_secs(6);
+    // 40 buyers each hold one seat after another (and confirm every other one) until `stop`.
+    let mut tasks = Vec::new();
+    for b in 0..40usize {
+        let cat = cat.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut k = 0;
+            while Instant::now() < stop && k < 8 {
+                let row = 1 + (b / 2);
+                let seat = format!("A:{row}:{}", 1 + (b % 2) * 10 + k);
+                k += 1;
+                match cat.buyers[b]
+                    .hold(&seats_hold(&cat.performance, &[&seat]))
+                    .await
+                {
+                    Ok(h) => {
+                        let booking = if k % 2 == 0 {
+                            cat.service
+                                .confirm(&h.hold_id, "pay")
+                                .await
+                                .ok()
+                                .map(|b| b.booking_id)
+                        } else {
+                            None
+                        };
+                        acked.push((h.hold_id, seat, booking));
+                    }
+                    Err(e) => assert!(!is_conflict(&e), "no other buyer wants {seat}: {e}"),
+                }
+                if k % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leader = t.c().wait_leader(Duration::from_secs(5)).await.unwrap();
+    t.c().signal(leader, "KILL").unwrap();
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.unwrap());
+    }
+    assert!(
+        acked.len() > 40,
+        "too few acknowledged holds ({}) to mean anything",
+        acked.len()
+    );
+    let survivor = t
+        .c()
+        .node_client(
+            t.c()
+                .nodes
+                .iter()
+                .map(|n| n.id)
+                .find(|id| *id != leader)
+                .unwrap(),
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = survivor.status().await.unwrap();
+        if s.leader.is_some_and(|l| l != leader) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader after killing {leader}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every acknowledged hold and booking is there, on the survivors.
+    let survivors: Vec<u64> = t
+        .c()
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| *id != leader)
+        .collect();
+    for id in &survivors {
+        let c = t.c().node_client(*id).unwrap();
+        for (hold, seat, booking) in &acked {
+            let h = c
+                .get_hold(hold)
+                .await
+                .unwrap_or_else(|e| panic!("node {id} lost hold {hold} on {seat}: {e}"));
+            assert_eq!(&h.seats, &vec![seat.clone()]);
+            if let Some(b) = booking {
+                assert_eq!(h.state, "confirmed");
+                c.booking(b)
+                    .await
+                    .unwrap_or_else(|e| panic!("node {id} lost booking {b}: {e}"));
+            }
+        }
+    }
+    // The killed leader comes back and catches up.
+    t.c().start(leader).unwrap();
+    t.c()
+        .wait_healthy(leader, Duration::from_secs(20))
+        .await
+        .unwrap();
+    t.converged(Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_far_behind_is_caught_up_by_snapshot() {
+    let t = TestCluster::start(3, &["--snapshot-every=100"])
+        .await
+        .unwrap();
+    let cat = catalog(&t, 20, 20).await.unwrap();
+    let leader = t.c().wait_leader(Duration::from_secs(5)).await.unwrap();
+    let lagger = t
+        .c()
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    t.c().signal(lagger, "KILL").unwrap();
+    // Enough writes that the log behind the leader's snapshot is purged.
+    for i in 0..300usize {
+        let b = &cat.buyers[i % 20];
+        let seat = format!("A:{}:{}", 1 + i / 20, 1 + i % 20);
+        let h = b
+            .hold(&seats_hold(&cat.performance, &[&seat]))
+            .await
+            .unwrap();
+        b.release(&h.hold_id).await.unwrap();
+    }
+    t.c().start(lagger).unwrap();
+    t.c()
+        .wait_healthy(lagger, Duration::from_secs(20))
+        .await
+        .unwrap();
+    t.converged(Duration::from_secs(30)).await.unwrap();
+    let log =
+        std::fs::read_to_string(t.c().dir.join(lagger.to_string()).join("ticketd.log")).unwrap();
+    let snaps = std::fs::read_dir(t.c().dir.join(lagger.to_string()).join("snapshots"))
+        .unwrap()
+        .count();
+    assert!(
+        snaps > 0,
+        "the lagging node has no snapshot file; log:\n{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_join_and_are_promoted_under_load_then_one_is_removed() {
+    let mut t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = Arc::new(catalog(&t, 20, 10).await.unwrap());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (cat, done) = (cat.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let b = &cat.buyers[n % 10];
+                let seat = format!("A:{}:{}", 1 + (n / 20) % 20, 1 + n % 20);
+                if let Ok(h) = b.hold(&seats_hold(&cat.performance, &[&seat])).await {
+                    let _ = b.release(&h.hold_id).await;
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let extra = vec![
+        "--heartbeat-ms=50".to_string(),
+        "--request-timeout-ms=3000".to_string(),
+    ];
+    let four = t.guard.0.add_node(extra.clone()).await.unwrap();
+    let five = t.guard.0.add_node(extra).await.unwrap();
+    let admin = t.admin();
+    let s = admin
+        .change_membership(vec![1, 2, 3, four, five])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.voters.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 2, 3, four, five])
+    );
+    let s = admin
+        .change_membership(vec![1, 2, four, five])
+        .await
+        .unwrap();
+    assert!(!s.voters.contains(&3));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ops = load.await.unwrap();
+    assert!(ops > 10, "the load ran {ops} operations");
+    // Node 3 left the membership; stop it and check the remaining four agree.
+    t.c().signal(3, "KILL").unwrap();
+    t.guard.0.nodes.retain(|n| n.id != 3);
+    let s = t.converged(CONVERGE).await.unwrap();
+    assert_eq!(s.nodes.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_quorum_writes_get_503_with_retry_after_in_time() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 2, 1).await.unwrap();
+    let leader = t.c().wait_leader(Duration::from_secs(5)).await.unwrap();
+    let others: Vec<u64> = t
+        .c()
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| *id != leader)
+        .collect();
+    for id in &others {
+        t.c().signal(*id, "KILL").unwrap();
+    }
+    let idx = (leader - 1) as usize;
+    let start = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/holds", t.c().nodes[idx].http))
+        .bearer_auth(&t.c().admin_key)
+        .json(&seats_hold(&cat.performance, &["A:1:1"]))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let took = start.elapsed();
+    assert_eq!(resp.status().as_u16(), 503, "{:?}", resp.text().await);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(
+        took < Duration::from_secs(5),
+        "answered after {took:?}; the request timeout is 3 s"
+    );
+}
