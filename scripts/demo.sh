@@ -12,4 +12,4 @@ if [ -f crates/client/Cargo.toml ] && grep -q '"demo"' crates/client/src/bin/tic
     exec "$CARGO_TARGET_DIR/debug/ticketctl" demo "$@"
 fi
 echo "==> ticketctl demo is not built yet; running the in-process ledger benchmark instead"
-exec cargo bench -p ledger -- --noplot "$@"
+exec cargo bench -p ledger --bench ledger "$@"

@@ -1,1 +1,343 @@
-fn main() {}
+//! `cargo bench -p ledger`: the ledger's hot path and its costs, for a 100k-seat on-sale.
+//!
+//! - hold+confirm of 2 random seats per hold, applied on one core (4 seat-state changes each);
+//! - queue joins up to 1M entries;
+//! - snapshot encode and decode of 100k seats + 1M queue entries, and its size;
+//! - resident bytes per seat and per queue entry (a counting allocator).
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
+use ledger::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::time::Instant;
+
+struct Counting;
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(l.size() as isize, Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE_BYTES.fetch_sub(l.size() as isize, Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new as isize - l.size() as isize, Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const T0: u64 = 1_700_000_000_000;
+const SEATS: u32 = 100_000;
+const OP: Principal = Principal::ApiKey(ApiKeyId(1));
+
+struct Fixture {
+    ledger: Ledger,
+    index: u64,
+    buyers: Vec<Principal>,
+    service: Principal,
+}
+
+impl Fixture {
+    fn apply(&mut self, p: Principal, op: Op) -> Outcome {
+        self.index += 1;
+        self.ledger
+            .apply(self.index, Command::new(T0 + self.index, p, op))
+    }
+}
+
+/// Bootstrap, a service key, `buyers` users, a 100k-seat venue (100 rows of 1000), an event,
+/// and a performance on sale (with a waiting room in draft when `room`).
+fn fixture(buyers: usize, room: bool) -> (Fixture, PerformanceId) {
+    let mut f = Fixture {
+        ledger: Ledger::new(),
+        index: 0,
+        buyers: Vec::new(),
+        service: Principal::System,
+    };
+    f.apply(
+        Principal::System,
+        Op::Bootstrap {
+            operator_key_digest: [1; 32],
+            token_secret: [2; 32],
+        },
+    );
+    let Outcome::Ok(Reply::ApiKeyCreated { key }) = f.apply(
+        OP,
+        Op::CreateApiKey {
+            name: "svc".into(),
+            role: Role::Service,
+            key_digest: [3; 32],
+        },
+    ) else {
+        panic!()
+    };
+    f.service = Principal::ApiKey(key);
+    for b in 0..buyers {
+        let op = Op::CreateUser {
+            email: format!("b{b}@x.io"),
+            name: "B".into(),
+            password_hash: vec![1],
+            role: Role::Buyer,
+        };
+        let Outcome::Ok(Reply::UserCreated { user }) = f.apply(Principal::System, op) else {
+            panic!()
+        };
+        f.buyers.push(Principal::User(user));
+    }
+    let rows = (0..100)
+        .map(|r| RowSpec {
+            label: r.to_string(),
+            seats: SEATS / 100,
+        })
+        .collect();
+    let Outcome::Ok(Reply::VenueCreated { venue, .. }) = f.apply(
+        OP,
+        Op::CreateVenue {
+            name: "Stadium".into(),
+            sections: vec![SectionSpec::Seated {
+                name: "A".into(),
+                rows,
+            }],
+        },
+    ) else {
+        panic!()
+    };
+    let Outcome::Ok(Reply::EventCreated { event }) = f.apply(
+        OP,
+        Op::CreateEvent {
+            name: "Show".into(),
+            category: "music".into(),
+            description: String::new(),
+            media: vec![],
+        },
+    ) else {
+        panic!()
+    };
+    let eur = Currency::parse("EUR").unwrap();
+    let spec = PerformanceSpec {
+        event,
+        venue,
+        starts_at_ms: u64::MAX / 2,
+        on_sale_at_ms: 0,
+        sale_ends_at_ms: u64::MAX,
+        hold_ttl_ms: 600_000,
+        payment_grace_ms: 0,
+        max_seats_per_order: 4,
+        categories: vec!["adult".into()],
+        prices: vec![PriceSpec {
+            section: SectionIdx(0),
+            category: CategoryIdx(0),
+            price: Money {
+                amount_minor: 5000,
+                currency: eur,
+            },
+        }],
+        waiting_room: room.then_some(WaitingRoomSpec {
+            admission_rate_per_sec: 1000,
+            admission_ttl_ms: 600_000,
+            max_active_admissions: 0,
+            seed_commitment: *blake3::hash(&[9; 32]).as_bytes(),
+        }),
+    };
+    let Outcome::Ok(Reply::PerformanceCreated { performance }) =
+        f.apply(OP, Op::CreatePerformance(spec))
+    else {
+        panic!()
+    };
+    if !room {
+        assert!(
+            f.apply(
+                OP,
+                Op::SetSaleStatus {
+                    performance,
+                    status: SaleStatus::OnSale,
+                    seed: None
+                }
+            )
+            .is_ok()
+        );
+    }
+    (f, performance)
+}
+
+/// A deterministic shuffle (xorshift) of the seat pairs.
+fn shuffled_pairs(n: usize) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..SEATS / 2).map(|i| i * 2).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v.truncate(n);
+    v
+}
+
+fn bench_hold_confirm(c: &mut Criterion) {
+    const N: usize = 20_000;
+    let (f, perf) = fixture(1_000, false);
+    let pairs = shuffled_pairs(N);
+    let mut g = c.benchmark_group("hold_confirm");
+    g.throughput(Throughput::Elements(4 * N as u64)); // seat-state changes
+    g.sample_size(20);
+    g.bench_function(
+        "2_random_seats_x20000 (elements = seat-state changes)",
+        |b| {
+            b.iter_batched(
+                || {
+                    let mut cmds = Vec::with_capacity(2 * N);
+                    for (k, &s) in pairs.iter().enumerate() {
+                        let buyer = f.buyers[k % f.buyers.len()];
+                        let what = HoldRequest::Seats(vec![
+                            (SeatIdx(s), CategoryIdx(0)),
+                            (SeatIdx(s + 1), CategoryIdx(0)),
+                        ]);
+                        cmds.push(Command::new(
+                            T0 + 1_000_000,
+                            buyer,
+                            Op::PlaceHold {
+                                performance: perf,
+                                what,
+                            },
+                        ));
+                    }
+                    (f.ledger.clone(), cmds)
+                },
+                |(mut l, cmds)| {
+                    let mut index = f.index;
+                    let mut code = 0u128;
+                    for cmd in cmds {
+                        index += 1;
+                        let Outcome::Ok(Reply::HoldPlaced(h)) = l.apply(index, cmd) else {
+                            panic!("hold refused")
+                        };
+                        index += 1;
+                        let codes = vec![(code + 1).to_le_bytes(), (code + 2).to_le_bytes()];
+                        code += 2;
+                        let confirm = Command::new(
+                            T0 + 1_000_000,
+                            f.service,
+                            Op::ConfirmHold {
+                                hold: h.hold,
+                                payment_ref: "p".into(),
+                                codes,
+                            },
+                        );
+                        assert!(l.apply(index, confirm).is_ok());
+                    }
+                    l
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
+    g.finish();
+}
+
+fn bench_queue_joins(c: &mut Criterion) {
+    const N: usize = 100_000;
+    let (f, perf) = fixture(N, true);
+    let mut g = c.benchmark_group("queue");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    g.bench_function("join_x100000", |b| {
+        b.iter_batched(
+            || f.ledger.clone(),
+            |mut l| {
+                let mut index = f.index;
+                for &buyer in &f.buyers {
+                    index += 1;
+                    assert!(
+                        l.apply(
+                            index,
+                            Command::new(
+                                T0 + 1_000_000,
+                                buyer,
+                                Op::JoinQueue { performance: perf }
+                            )
+                        )
+                        .is_ok()
+                    );
+                }
+                l
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+/// Snapshot cost and memory figures for 100k seats + 1M queue entries, printed as a table.
+fn report_sizes() {
+    let before = LIVE_BYTES.load(Relaxed);
+    let (mut f, perf) = fixture(0, true);
+    let perf_bytes = LIVE_BYTES.load(Relaxed) - before;
+    println!(
+        "100k-seat venue + performance: {:.1} bytes per seat (cells, counters, layout)",
+        perf_bytes as f64 / f64::from(SEATS)
+    );
+
+    // 1M buyers: users cost memory of their own; measure joins separately.
+    let t = Instant::now();
+    for b in 0..1_000_000u32 {
+        let op = Op::CreateUser {
+            email: format!("q{b}@x.io"),
+            name: "Q".into(),
+            password_hash: vec![1],
+            role: Role::Buyer,
+        };
+        let Outcome::Ok(Reply::UserCreated { user }) = f.apply(Principal::System, op) else {
+            panic!()
+        };
+        f.buyers.push(Principal::User(user));
+    }
+    println!("1M users created in {:.2} s", t.elapsed().as_secs_f64());
+    let before = LIVE_BYTES.load(Relaxed);
+    let t = Instant::now();
+    let buyers = std::mem::take(&mut f.buyers);
+    for &buyer in &buyers {
+        assert!(f.apply(buyer, Op::JoinQueue { performance: perf }).is_ok());
+    }
+    let join_secs = t.elapsed().as_secs_f64();
+    let queue_bytes = LIVE_BYTES.load(Relaxed) - before;
+    println!(
+        "1M queue joins: {:.2} s ({:.0} joins/s); {:.1} bytes per queue entry (entry, order, buyer index, feed entry)",
+        join_secs,
+        1e6 / join_secs,
+        queue_bytes as f64 / 1e6
+    );
+    let t = Instant::now();
+    let snap = f.ledger.snapshot();
+    let enc = t.elapsed();
+    let t = Instant::now();
+    let restored = Ledger::restore(&snap).expect("restores");
+    let dec = t.elapsed();
+    assert_eq!(restored.state_hash(), f.ledger.state_hash());
+    println!(
+        "snapshot (100k seats, 1M users, 1M queue entries): {:.1} MB, encode {:.0} ms, decode+validate {:.0} ms",
+        snap.len() as f64 / 1e6,
+        enc.as_secs_f64() * 1e3,
+        dec.as_secs_f64() * 1e3
+    );
+}
+
+criterion_group!(benches, bench_hold_confirm, bench_queue_joins);
+
+fn main() {
+    // Under `cargo test --benches` (the CI smoke) criterion runs each bench once; skip the
+    // 1M-entry report there.
+    if !std::env::args().any(|a| a == "--test") {
+        report_sizes();
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

@@ -26,7 +26,8 @@ impl Ledger {
         ensure!(s.next_id >= 1, "next_id is zero");
 
         // Holds: live ones are unexpired, indexed by expiry, and own their seats.
-        let mut live_per_buyer: HashMap<(PerformanceId, Principal), u16> = HashMap::new();
+        let mut live_per_buyer: crate::state::IdMap<(PerformanceId, Principal), u16> =
+            Default::default();
         let mut expiry = BTreeSet::new();
         let mut held: HashMap<(PerformanceId, u16), u32> = HashMap::new();
         for (id, h) in &s.holds {

@@ -444,25 +444,66 @@ pub struct State {
     pub feed: VecDeque<FeedEntry>,
 }
 
+/// A fast hasher for indexes keyed by ledger-assigned ids (not by client-chosen strings,
+/// which keep SipHash against collision floods). Multiply-rotate, as in rustc's FxHasher.
+#[derive(Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Lookups derived from [`State`]; rebuilt after a restore.
 #[derive(Clone, Debug, Default)]
 pub struct Indexes {
     pub user_by_email: HashMap<String, UserId>,
     pub key_by_digest: HashMap<Digest32, ApiKeyId>,
     /// Live holds per (performance, buyer).
-    pub live_holds: HashMap<(PerformanceId, Principal), u16>,
+    pub live_holds: IdMap<(PerformanceId, Principal), u16>,
     pub live_hold_count: usize,
-    /// Check-in code → (booking, ticket position in the booking).
+    /// Check-in code → (booking, ticket position in the booking). Codes are random, drawn by
+    /// the proposer, so SipHash stays.
     pub ticket_by_code: HashMap<CheckInCode, (BookingId, u32)>,
-    pub ticket_by_id: HashMap<TicketId, (BookingId, u32)>,
+    pub ticket_by_id: IdMap<TicketId, (BookingId, u32)>,
     /// Queue entry per (performance, buyer).
-    pub queue_by_buyer: HashMap<(PerformanceId, Principal), u32>,
-    pub idempotency_per_principal: HashMap<Principal, usize>,
+    pub queue_by_buyer: IdMap<(PerformanceId, Principal), u32>,
+    pub idempotency_per_principal: IdMap<Principal, usize>,
 }
 
 impl Indexes {
     pub fn build(s: &State) -> Indexes {
         let mut ix = Indexes::default();
+        ix.user_by_email.reserve(s.users.len());
+        let queued: usize = s
+            .performances
+            .values()
+            .filter_map(|p| p.waiting_room.as_ref())
+            .map(|r| r.entries.len())
+            .sum();
+        ix.queue_by_buyer.reserve(queued);
         for u in s.users.values() {
             ix.user_by_email.insert(u.email.clone(), u.id);
         }

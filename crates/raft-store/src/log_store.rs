@@ -208,9 +208,7 @@ impl RaftLogStorage<C> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<C>> {
         let last_purged_log_id: Option<LogId> = self.meta_get(KEY_PURGED)?;
-        let last_log_id = self
-            .last_entry_log_id()?
-            .or(last_purged_log_id);
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
