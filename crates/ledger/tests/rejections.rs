@@ -1,0 +1,1003 @@
+//! Every rejection path: the code, and that nothing changed but the clock and the index
+//! (the ledger must equal a twin that applied a `Tick` with the same stamp instead).
+
+use ledger::*;
+
+const T0: u64 = 1_700_000_000_000;
+const OP: Principal = Principal::ApiKey(ApiKeyId(1));
+
+struct Fix {
+    l: Ledger,
+    i: u64,
+    now: u64,
+    org: Principal,
+    org2: Principal,
+    buyers: Vec<Principal>,
+    svc: Principal,
+    venue: VenueId,
+    event: EventId,
+    /// On sale, no waiting room.
+    p: PerformanceId,
+    /// Waiting room, draft.
+    r: PerformanceId,
+}
+
+fn eur(amount_minor: u64) -> Money {
+    Money {
+        amount_minor,
+        currency: Currency::parse("EUR").unwrap(),
+    }
+}
+
+const SEED: [u8; 32] = [5; 32];
+
+fn spec(event: EventId, venue: VenueId, room: bool) -> PerformanceSpec {
+    PerformanceSpec {
+        event,
+        venue,
+        starts_at_ms: T0 + 10_000_000,
+        on_sale_at_ms: 0,
+        sale_ends_at_ms: T0 + 10_000_000,
+        hold_ttl_ms: 10_000,
+        payment_grace_ms: 20_000,
+        max_seats_per_order: 3,
+        categories: vec!["adult".into(), "vip".into()],
+        prices: vec![
+            PriceSpec {
+                section: SectionIdx(0),
+                category: CategoryIdx(0),
+                price: eur(1000),
+            },
+            PriceSpec {
+                section: SectionIdx(1),
+                category: CategoryIdx(0),
+                price: eur(300),
+            },
+        ],
+        waiting_room: room.then(|| WaitingRoomSpec {
+            admission_rate_per_sec: 10,
+            admission_ttl_ms: 10_000,
+            max_active_admissions: 0,
+            seed_commitment: *blake3::hash(&SEED).as_bytes(),
+        }),
+    }
+}
+
+impl Fix {
+    fn run(&mut self, p: Principal, op: Op) -> Outcome {
+        self.i += 1;
+        self.l.apply(self.i, Command::new(self.now, p, op))
+    }
+
+    fn ok(&mut self, p: Principal, op: Op) -> Reply {
+        match self.run(p, op) {
+            Outcome::Ok(r) => r,
+            Outcome::Rejected(r) => panic!("expected success: {r:?}"),
+        }
+    }
+
+    /// Apply `cmd` and assert it is rejected with `code`, changing nothing else.
+    fn rejects(&mut self, cmd: Command, code: Code) {
+        let mut twin = self.l.clone();
+        self.i += 1;
+        twin.apply(
+            self.i,
+            Command::new(cmd.stamp_ms, Principal::System, Op::Tick),
+        );
+        let what = format!("{:?}", cmd.op);
+        match self.l.apply(self.i, cmd) {
+            Outcome::Rejected(r) => {
+                assert_eq!(r.code, code, "{what}: {}", r.detail);
+                assert!(!r.detail.is_empty());
+            }
+            o => panic!("{what}: expected {code:?}, got {o:?}"),
+        }
+        assert_eq!(
+            self.l.state_hash(),
+            twin.state_hash(),
+            "{what}: the rejection changed the ledger"
+        );
+        self.l.check_invariants().unwrap();
+    }
+
+    fn no(&mut self, p: Principal, op: Op, code: Code) {
+        self.rejects(Command::new(self.now, p, op), code);
+    }
+
+    fn hold(&mut self, b: usize, seats: &[u32]) -> HoldId {
+        let what = HoldRequest::Seats(
+            seats
+                .iter()
+                .map(|s| (SeatIdx(*s), CategoryIdx(0)))
+                .collect(),
+        );
+        let p = self.p;
+        match self.ok(
+            self.buyers[b],
+            Op::PlaceHold {
+                performance: p,
+                what,
+            },
+        ) {
+            Reply::HoldPlaced(h) => h.hold,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn confirm(&mut self, hold: HoldId, n: usize) -> BookingReceipt {
+        let codes = (0..n)
+            .map(|k| ((self.i as u128) << 8 | k as u128).to_le_bytes())
+            .collect();
+        match self.ok(
+            self.svc,
+            Op::ConfirmHold {
+                hold,
+                payment_ref: "pay".into(),
+                codes,
+            },
+        ) {
+            Reply::BookingConfirmed(b) => b,
+            r => panic!("{r:?}"),
+        }
+    }
+}
+
+fn fix() -> Fix {
+    let mut f = Fix {
+        l: Ledger::new(),
+        i: 0,
+        now: T0,
+        org: OP,
+        org2: OP,
+        buyers: vec![],
+        svc: OP,
+        venue: VenueId(0),
+        event: EventId(0),
+        p: PerformanceId(0),
+        r: PerformanceId(0),
+    };
+    f.ok(
+        Principal::System,
+        Op::Bootstrap {
+            operator_key_digest: [1; 32],
+            token_secret: [2; 32],
+        },
+    );
+    let user = |email: &str, role| Op::CreateUser {
+        email: email.into(),
+        name: "N".into(),
+        password_hash: vec![1],
+        role,
+    };
+    let Reply::UserCreated { user: o1 } = f.ok(OP, user("o1@x.io", Role::Organizer)) else {
+        panic!()
+    };
+    let Reply::UserCreated { user: o2 } = f.ok(OP, user("o2@x.io", Role::Organizer)) else {
+        panic!()
+    };
+    (f.org, f.org2) = (Principal::User(o1), Principal::User(o2));
+    for b in 0..3 {
+        let Reply::UserCreated { user } =
+            f.ok(Principal::System, user(&format!("b{b}@x.io"), Role::Buyer))
+        else {
+            panic!()
+        };
+        f.buyers.push(Principal::User(user));
+    }
+    let Reply::ApiKeyCreated { key } = f.ok(
+        OP,
+        Op::CreateApiKey {
+            name: "pay".into(),
+            role: Role::Service,
+            key_digest: [3; 32],
+        },
+    ) else {
+        panic!()
+    };
+    f.svc = Principal::ApiKey(key);
+    let rows = vec![
+        RowSpec {
+            label: "1".into(),
+            seats: 5,
+        },
+        RowSpec {
+            label: "2".into(),
+            seats: 5,
+        },
+    ];
+    let sections = vec![
+        SectionSpec::Seated {
+            name: "A".into(),
+            rows,
+        },
+        SectionSpec::GeneralAdmission {
+            name: "Floor".into(),
+            capacity: 5,
+        },
+    ];
+    let Reply::VenueCreated { venue, .. } = f.ok(
+        f.org,
+        Op::CreateVenue {
+            name: "Hall".into(),
+            sections,
+        },
+    ) else {
+        panic!()
+    };
+    let Reply::EventCreated { event } = f.ok(
+        f.org,
+        Op::CreateEvent {
+            name: "Show".into(),
+            category: "music".into(),
+            description: String::new(),
+            media: vec![],
+        },
+    ) else {
+        panic!()
+    };
+    (f.venue, f.event) = (venue, event);
+    let Reply::PerformanceCreated { performance: p } =
+        f.ok(f.org, Op::CreatePerformance(spec(event, venue, false)))
+    else {
+        panic!()
+    };
+    let Reply::PerformanceCreated { performance: r } =
+        f.ok(f.org, Op::CreatePerformance(spec(event, venue, true)))
+    else {
+        panic!()
+    };
+    (f.p, f.r) = (p, r);
+    f.ok(
+        f.org,
+        Op::SetSaleStatus {
+            performance: p,
+            status: SaleStatus::OnSale,
+            seed: None,
+        },
+    );
+    f
+}
+
+#[test]
+fn cluster_and_accounts() {
+    let mut f = fix();
+    let b = f.buyers[0];
+    f.no(
+        b,
+        Op::Bootstrap {
+            operator_key_digest: [9; 32],
+            token_secret: [9; 32],
+        },
+        Code::Forbidden,
+    );
+    f.no(
+        Principal::System,
+        Op::Bootstrap {
+            operator_key_digest: [9; 32],
+            token_secret: [9; 32],
+        },
+        Code::AlreadyExists,
+    );
+    f.no(b, Op::Tick, Code::Forbidden);
+    let user = |email: &str, role, hash: Vec<u8>| Op::CreateUser {
+        email: email.into(),
+        name: "N".into(),
+        password_hash: hash,
+        role,
+    };
+    f.no(b, user("x@x.io", Role::Organizer, vec![1]), Code::Forbidden);
+    f.no(
+        Principal::User(UserId(999)),
+        user("x@x.io", Role::Organizer, vec![1]),
+        Code::Unauthenticated,
+    );
+    f.no(
+        Principal::System,
+        user("not-an-email", Role::Buyer, vec![1]),
+        Code::InvalidInput,
+    );
+    f.no(
+        Principal::System,
+        user("x@x.io", Role::Buyer, vec![]),
+        Code::InvalidInput,
+    );
+    f.no(
+        Principal::System,
+        user("B0@X.IO", Role::Buyer, vec![1]),
+        Code::AlreadyExists,
+    );
+    f.no(
+        f.org,
+        Op::CreateApiKey {
+            name: "k".into(),
+            role: Role::Service,
+            key_digest: [7; 32],
+        },
+        Code::Forbidden,
+    );
+    f.no(
+        OP,
+        Op::CreateApiKey {
+            name: String::new(),
+            role: Role::Service,
+            key_digest: [7; 32],
+        },
+        Code::InvalidInput,
+    );
+    f.no(
+        OP,
+        Op::CreateApiKey {
+            name: "dup".into(),
+            role: Role::Service,
+            key_digest: [3; 32],
+        },
+        Code::AlreadyExists,
+    );
+    f.no(OP, Op::RevokeApiKey { key: ApiKeyId(999) }, Code::NotFound);
+    let svc = f.svc;
+    let Principal::ApiKey(k) = svc else {
+        unreachable!()
+    };
+    f.ok(OP, Op::RevokeApiKey { key: k });
+    let h = f.hold(0, &[0]);
+    f.no(
+        svc,
+        Op::ConfirmHold {
+            hold: h,
+            payment_ref: "p".into(),
+            codes: vec![[1; 16]],
+        },
+        Code::Unauthenticated,
+    );
+}
+
+#[test]
+fn catalog() {
+    let mut f = fix();
+    let (b, org, org2) = (f.buyers[0], f.org, f.org2);
+    let seated = |name: &str, rows: Vec<(&str, u32)>| SectionSpec::Seated {
+        name: name.into(),
+        rows: rows
+            .into_iter()
+            .map(|(l, s)| RowSpec {
+                label: l.into(),
+                seats: s,
+            })
+            .collect(),
+    };
+    f.no(
+        b,
+        Op::CreateVenue {
+            name: "V".into(),
+            sections: vec![seated("A", vec![("1", 1)])],
+        },
+        Code::Forbidden,
+    );
+    f.no(
+        org,
+        Op::CreateVenue {
+            name: "V".into(),
+            sections: vec![],
+        },
+        Code::InvalidInput,
+    );
+    f.no(
+        org,
+        Op::CreateVenue {
+            name: "V".into(),
+            sections: vec![seated("A:B", vec![("1", 1)])],
+        },
+        Code::InvalidInput,
+    );
+    f.no(
+        org,
+        Op::CreateVenue {
+            name: "V".into(),
+            sections: vec![seated("A", vec![("1", 1), ("1", 2)])],
+        },
+        Code::InvalidInput,
+    );
+    f.no(
+        org,
+        Op::CreateVenue {
+            name: "V".into(),
+            sections: vec![seated("A", vec![("1", 0)])],
+        },
+        Code::InvalidInput,
+    );
+    let huge: Vec<(String, u32)> = (0..101).map(|r| (r.to_string(), 2000)).collect();
+    let rows = huge.iter().map(|(l, s)| (l.as_str(), *s)).collect();
+    f.no(
+        org,
+        Op::CreateVenue {
+            name: "V".into(),
+            sections: vec![seated("A", rows)],
+        },
+        Code::LimitExceeded,
+    );
+    f.no(
+        org,
+        Op::CreateVenue {
+            name: "V".into(),
+            sections: vec![SectionSpec::GeneralAdmission {
+                name: "G".into(),
+                capacity: 0,
+            }],
+        },
+        Code::InvalidInput,
+    );
+    let ev = |media: usize| Op::CreateEvent {
+        name: "E".into(),
+        category: "c".into(),
+        description: String::new(),
+        media: (0..media)
+            .map(|_| MediaItem {
+                kind: "img".into(),
+                url: "https://x".into(),
+            })
+            .collect(),
+    };
+    f.no(b, ev(0), Code::Forbidden);
+    f.no(
+        org,
+        Op::CreateEvent {
+            name: String::new(),
+            category: "c".into(),
+            description: String::new(),
+            media: vec![],
+        },
+        Code::InvalidInput,
+    );
+    f.no(
+        org,
+        Op::CreateEvent {
+            name: "bad\u{7}".into(),
+            category: "c".into(),
+            description: String::new(),
+            media: vec![],
+        },
+        Code::InvalidInput,
+    );
+    f.no(org, ev(33), Code::LimitExceeded);
+    let upd = |event| Op::UpdateEvent {
+        event,
+        name: "E2".into(),
+        category: "c".into(),
+        description: String::new(),
+        media: vec![],
+    };
+    f.no(org, upd(EventId(999)), Code::NotFound);
+    f.no(org2, upd(f.event), Code::Forbidden);
+    let (event, venue) = (f.event, f.venue);
+    let mut bad = spec(event, venue, false);
+    bad.event = EventId(999);
+    f.no(org, Op::CreatePerformance(bad), Code::NotFound);
+    let mut bad = spec(event, venue, false);
+    bad.venue = VenueId(999);
+    f.no(org, Op::CreatePerformance(bad), Code::NotFound);
+    f.no(
+        org2,
+        Op::CreatePerformance(spec(event, venue, false)),
+        Code::Forbidden,
+    );
+    let variants: Vec<fn(&mut PerformanceSpec)> = vec![
+        |s| s.hold_ttl_ms = 5,
+        |s| s.sale_ends_at_ms = s.on_sale_at_ms,
+        |s| s.prices.clear(),
+        |s| s.prices[1].price.currency = Currency::parse("USD").unwrap(),
+        |s| s.prices[0].section = SectionIdx(9),
+        |s| s.prices[0].category = CategoryIdx(9),
+        |s| s.prices[1].section = SectionIdx(0),
+        |s| s.max_seats_per_order = 0,
+        |s| s.categories = vec!["a".into(), "a".into()],
+        |s| {
+            s.waiting_room = Some(WaitingRoomSpec {
+                admission_rate_per_sec: 0,
+                admission_ttl_ms: 10_000,
+                max_active_admissions: 0,
+                seed_commitment: [0; 32],
+            })
+        },
+    ];
+    for v in variants {
+        let mut s = spec(event, venue, false);
+        v(&mut s);
+        f.no(org, Op::CreatePerformance(s), Code::InvalidInput);
+    }
+    let (p, r) = (f.p, f.r);
+    let st = |performance, status, seed| Op::SetSaleStatus {
+        performance,
+        status,
+        seed,
+    };
+    f.no(
+        org,
+        st(PerformanceId(999), SaleStatus::Paused, None),
+        Code::NotFound,
+    );
+    f.no(org2, st(p, SaleStatus::Paused, None), Code::Forbidden);
+    f.no(org, st(r, SaleStatus::Paused, None), Code::InvalidState);
+    f.no(org, st(r, SaleStatus::OnSale, None), Code::InvalidInput);
+    f.no(
+        org,
+        st(r, SaleStatus::OnSale, Some([6; 32])),
+        Code::InvalidInput,
+    );
+    f.no(
+        org,
+        st(p, SaleStatus::Paused, Some(SEED)),
+        Code::InvalidInput,
+    );
+    let blk = |seats: Vec<u32>, blocked| Op::SetSeatsBlocked {
+        performance: p,
+        seats: seats.into_iter().map(SeatIdx).collect(),
+        blocked,
+    };
+    f.no(org, blk(vec![99], true), Code::InvalidInput);
+    f.no(org, blk(vec![], true), Code::InvalidInput);
+    f.no(org2, blk(vec![1], true), Code::Forbidden);
+    f.hold(0, &[1]);
+    f.no(org, blk(vec![0, 1], true), Code::SeatUnavailable);
+}
+
+#[test]
+fn holds() {
+    let mut f = fix();
+    let (b0, b1, p, r) = (f.buyers[0], f.buyers[1], f.p, f.r);
+    let seats = |v: &[(u32, u8)]| {
+        HoldRequest::Seats(
+            v.iter()
+                .map(|(s, c)| (SeatIdx(*s), CategoryIdx(*c)))
+                .collect(),
+        )
+    };
+    let place = |performance, what| Op::PlaceHold { performance, what };
+    f.no(
+        b0,
+        place(PerformanceId(999), seats(&[(0, 0)])),
+        Code::NotFound,
+    );
+    f.no(f.svc, place(p, seats(&[(0, 0)])), Code::Forbidden);
+    f.no(b0, place(r, seats(&[(0, 0)])), Code::SaleNotOpen);
+    f.no(b0, place(p, seats(&[])), Code::InvalidInput);
+    f.no(
+        b0,
+        place(p, seats(&[(0, 0), (1, 0), (2, 0), (3, 0)])),
+        Code::LimitExceeded,
+    );
+    f.no(b0, place(p, seats(&[(0, 0), (0, 0)])), Code::InvalidInput);
+    f.no(b0, place(p, seats(&[(10, 0)])), Code::InvalidInput);
+    f.no(b0, place(p, seats(&[(0, 5)])), Code::InvalidInput);
+    f.no(b0, place(p, seats(&[(0, 1)])), Code::InvalidInput); // vip is not sold in A
+    let ga = |q, c| HoldRequest::GeneralAdmission {
+        section: SectionIdx(1),
+        quantity: q,
+        category: CategoryIdx(c),
+    };
+    f.no(b0, place(p, ga(0, 0)), Code::InvalidInput);
+    f.no(b0, place(p, ga(4, 0)), Code::LimitExceeded);
+    f.no(b0, place(p, ga(1, 1)), Code::InvalidInput);
+    f.no(
+        b0,
+        place(
+            p,
+            HoldRequest::GeneralAdmission {
+                section: SectionIdx(0),
+                quantity: 1,
+                category: CategoryIdx(0),
+            },
+        ),
+        Code::InvalidInput,
+    );
+    let h = f.hold(0, &[0, 1]);
+    f.no(b1, place(p, seats(&[(1, 0)])), Code::SeatUnavailable);
+    f.ok(b1, place(p, ga(3, 0)));
+    f.no(b0, place(p, ga(3, 0)), Code::SeatUnavailable);
+    for s in [2, 3, 4] {
+        f.hold(0, &[s]);
+    }
+    f.no(b0, place(p, seats(&[(5, 0)])), Code::LimitExceeded); // 5th live hold
+    // Release, extend.
+    f.no(b0, Op::ReleaseHold { hold: HoldId(999) }, Code::NotFound);
+    f.no(b1, Op::ReleaseHold { hold: h }, Code::Forbidden);
+    f.ok(
+        b0,
+        Op::ExtendHold {
+            hold: h,
+            payment_ref: "pay".into(),
+        },
+    );
+    f.no(
+        b0,
+        Op::ExtendHold {
+            hold: h,
+            payment_ref: "pay".into(),
+        },
+        Code::InvalidState,
+    );
+    let h2 = f.hold(1, &[6]);
+    f.no(
+        b1,
+        Op::ExtendHold {
+            hold: h2,
+            payment_ref: String::new(),
+        },
+        Code::InvalidInput,
+    );
+    f.ok(b1, Op::ReleaseHold { hold: h2 });
+    f.ok(b1, Op::ReleaseHold { hold: h2 }); // idempotent
+    f.no(
+        b1,
+        Op::ExtendHold {
+            hold: h2,
+            payment_ref: "p".into(),
+        },
+        Code::HoldNotLive,
+    );
+    // Confirm.
+    let svc = f.svc;
+    let confirm = |hold, codes: Vec<CheckInCode>| Op::ConfirmHold {
+        hold,
+        payment_ref: "pay".into(),
+        codes,
+    };
+    f.no(b0, confirm(h, vec![[1; 16], [2; 16]]), Code::Forbidden);
+    f.no(svc, confirm(HoldId(999), vec![]), Code::NotFound);
+    f.no(svc, confirm(h, vec![[1; 16]]), Code::InvalidInput);
+    f.no(svc, confirm(h, vec![[1; 16], [1; 16]]), Code::AlreadyExists);
+    f.no(svc, confirm(h2, vec![[1; 16]]), Code::HoldNotLive);
+    let b = f.confirm(h, 2);
+    f.no(svc, confirm(h, vec![[8; 16], [9; 16]]), Code::HoldNotLive);
+    f.no(b0, Op::ReleaseHold { hold: h }, Code::HoldNotLive);
+    let h3 = f.hold(1, &[7]);
+    f.no(
+        svc,
+        confirm(h3, vec![b.tickets[0].code]),
+        Code::AlreadyExists,
+    );
+    // Expiry by ledger time: a hold with expires_at <= clock is expired for every write.
+    f.now += 10_000;
+    f.no(svc, confirm(h3, vec![[3; 16]]), Code::HoldExpired);
+    f.no(
+        b1,
+        Op::ExtendHold {
+            hold: h3,
+            payment_ref: "p".into(),
+        },
+        Code::HoldExpired,
+    );
+    assert_eq!(
+        f.l.state().performances[&p].seats[7].get(),
+        SeatState::Available
+    );
+    f.no(
+        svc,
+        Op::ConfirmLate {
+            hold: h3,
+            payment_ref: "p".into(),
+            codes: vec![[3; 16]],
+        },
+        Code::InvalidState,
+    );
+}
+
+#[test]
+fn bookings_refunds_and_check_in() {
+    let mut f = fix();
+    let h = f.hold(0, &[0, 1]);
+    let b = f.confirm(h, 2);
+    let (svc, b0, org, org2, p) = (f.svc, f.buyers[0], f.org, f.org2, f.p);
+    let refund = |booking, tickets: Vec<TicketId>| Op::Refund {
+        booking,
+        tickets,
+        refund_ref: "r".into(),
+    };
+    let t = |k: usize| b.tickets[k].ticket;
+    f.no(b0, refund(b.booking, vec![]), Code::Forbidden);
+    f.no(svc, refund(BookingId(999), vec![]), Code::NotFound);
+    f.no(svc, refund(b.booking, vec![TicketId(999)]), Code::NotFound);
+    f.no(svc, refund(b.booking, vec![t(0), t(0)]), Code::InvalidInput);
+    f.no(
+        svc,
+        refund(b.booking, vec![t(0), t(1), t(0)]),
+        Code::InvalidInput,
+    );
+    f.no(
+        svc,
+        Op::Refund {
+            booking: b.booking,
+            tickets: vec![],
+            refund_ref: String::new(),
+        },
+        Code::InvalidInput,
+    );
+    f.ok(svc, refund(b.booking, vec![t(0)]));
+    f.no(svc, refund(b.booking, vec![t(0)]), Code::TicketUsed);
+    let ci = |performance, code| Op::CheckIn { performance, code };
+    f.no(org, ci(p, [0xee; 16]), Code::NotFound);
+    f.no(org, ci(f.r, b.tickets[1].code), Code::NotFound);
+    f.no(org2, ci(p, b.tickets[1].code), Code::Forbidden);
+    f.no(b0, ci(p, b.tickets[1].code), Code::Forbidden);
+    f.no(org, ci(p, b.tickets[0].code), Code::TicketUsed); // refunded
+    f.ok(org, ci(p, b.tickets[1].code));
+    f.no(org, ci(p, b.tickets[1].code), Code::TicketUsed); // exactly once
+    f.no(svc, refund(b.booking, vec![]), Code::TicketUsed); // nothing left to refund
+}
+
+#[test]
+fn waiting_room() {
+    let mut f = fix();
+    let (b0, b1, b2, org, p, r) = (f.buyers[0], f.buyers[1], f.buyers[2], f.org, f.p, f.r);
+    f.no(b0, Op::JoinQueue { performance: p }, Code::InvalidInput);
+    f.no(org, Op::JoinQueue { performance: r }, Code::Forbidden);
+    f.no(
+        b0,
+        Op::JoinQueue {
+            performance: PerformanceId(999),
+        },
+        Code::NotFound,
+    );
+    f.ok(b0, Op::JoinQueue { performance: r });
+    f.no(b0, Op::JoinQueue { performance: r }, Code::AlreadyExists);
+    f.ok(
+        org,
+        Op::SetSaleStatus {
+            performance: r,
+            status: SaleStatus::OnSale,
+            seed: Some(SEED),
+        },
+    );
+    let what = HoldRequest::Seats(vec![(SeatIdx(0), CategoryIdx(0))]);
+    f.no(
+        b1,
+        Op::PlaceHold {
+            performance: r,
+            what: what.clone(),
+        },
+        Code::AdmissionRequired,
+    );
+    f.no(
+        b0,
+        Op::PlaceHold {
+            performance: r,
+            what: what.clone(),
+        },
+        Code::AdmissionRequired,
+    ); // waiting, not admitted
+    // Sell everything: block the seats, sell the 5 GA places to b0 once admitted.
+    f.ok(
+        org,
+        Op::SetSeatsBlocked {
+            performance: r,
+            seats: (0..10).map(SeatIdx).collect(),
+            blocked: true,
+        },
+    );
+    f.now += 1_000;
+    f.ok(Principal::System, Op::Tick);
+    let ga = |q| HoldRequest::GeneralAdmission {
+        section: SectionIdx(1),
+        quantity: q,
+        category: CategoryIdx(0),
+    };
+    for q in [3, 2] {
+        let Reply::HoldPlaced(h) = f.ok(
+            b0,
+            Op::PlaceHold {
+                performance: r,
+                what: ga(q),
+            },
+        ) else {
+            panic!()
+        };
+        f.confirm(h.hold, q as usize);
+    }
+    f.ok(b1, Op::JoinQueue { performance: r });
+    f.ok(Principal::System, Op::Tick); // sold out: the room closes
+    f.no(b2, Op::JoinQueue { performance: r }, Code::SoldOut);
+    // The sell-out closed b0's admission too.
+    f.no(
+        b0,
+        Op::PlaceHold {
+            performance: r,
+            what: ga(1),
+        },
+        Code::AdmissionRequired,
+    );
+    // Without a waiting room, a sold-out performance says so.
+    f.ok(
+        org,
+        Op::SetSeatsBlocked {
+            performance: p,
+            seats: (0..10).map(SeatIdx).collect(),
+            blocked: true,
+        },
+    );
+    let Reply::HoldPlaced(h) = f.ok(
+        b2,
+        Op::PlaceHold {
+            performance: p,
+            what: ga(3),
+        },
+    ) else {
+        panic!()
+    };
+    f.no(
+        b1,
+        Op::PlaceHold {
+            performance: p,
+            what: ga(3),
+        },
+        Code::SeatUnavailable,
+    );
+    let Reply::HoldPlaced(h2) = f.ok(
+        b1,
+        Op::PlaceHold {
+            performance: p,
+            what: ga(2),
+        },
+    ) else {
+        panic!()
+    };
+    f.no(
+        b1,
+        Op::PlaceHold {
+            performance: p,
+            what: ga(1),
+        },
+        Code::SeatUnavailable,
+    ); // all held
+    f.confirm(h.hold, 3);
+    f.confirm(h2.hold, 2);
+    f.no(
+        b1,
+        Op::PlaceHold {
+            performance: p,
+            what: ga(1),
+        },
+        Code::SoldOut,
+    );
+    f.ok(
+        org,
+        Op::SetSaleStatus {
+            performance: r,
+            status: SaleStatus::Closed,
+            seed: None,
+        },
+    );
+    f.no(b2, Op::JoinQueue { performance: r }, Code::SaleNotOpen);
+    f.no(
+        org,
+        Op::SetSaleStatus {
+            performance: r,
+            status: SaleStatus::OnSale,
+            seed: None,
+        },
+        Code::InvalidState,
+    );
+    // An expired admission cannot place holds.
+    let mut g = fix();
+    let (b0, org, r) = (g.buyers[0], g.org, g.r);
+    g.ok(b0, Op::JoinQueue { performance: r });
+    g.ok(
+        org,
+        Op::SetSaleStatus {
+            performance: r,
+            status: SaleStatus::OnSale,
+            seed: Some(SEED),
+        },
+    );
+    g.now += 1_000;
+    g.ok(Principal::System, Op::Tick);
+    g.now += 10_000;
+    // Tick first, so the twin's tick (which accrues admission credit) changes nothing more.
+    g.ok(Principal::System, Op::Tick);
+    g.no(
+        b0,
+        Op::PlaceHold {
+            performance: r,
+            what,
+        },
+        Code::AdmissionRequired,
+    );
+}
+
+#[test]
+fn idempotency() {
+    let mut f = fix();
+    let b0 = f.buyers[0];
+    let p = f.p;
+    let hold = |s| Op::PlaceHold {
+        performance: p,
+        what: HoldRequest::Seats(vec![(SeatIdx(s), CategoryIdx(0))]),
+    };
+    let first = f.run(b0, Command::new(0, b0, hold(0)).op);
+    assert!(first.is_ok());
+    f.i += 1;
+    let keyed =
+        f.l.apply(f.i, Command::new(f.now, b0, hold(1)).with_key("k1"));
+    f.i += 1;
+    assert_eq!(
+        f.l.apply(f.i, Command::new(f.now, b0, hold(1)).with_key("k1")),
+        keyed,
+        "a retry returns the first outcome"
+    );
+    f.rejects(
+        Command::new(f.now, b0, hold(2)).with_key("k1"),
+        Code::IdempotencyConflict,
+    );
+    f.rejects(
+        Command::new(f.now, b0, hold(2)).with_key("k".repeat(129)),
+        Code::InvalidInput,
+    );
+    // Keys are per principal: the same key from another buyer is another request.
+    f.i += 1;
+    assert!(
+        f.l.apply(
+            f.i,
+            Command::new(f.now, f.buyers[1], hold(3)).with_key("k1")
+        )
+        .is_ok()
+    );
+    // Kept 24 h of ledger time, then forgotten.
+    f.now += limits::IDEMPOTENCY_RETENTION_MS;
+    f.ok(Principal::System, Op::Tick);
+    assert!(f.l.state().idempotency.is_empty());
+}
+
+#[test]
+fn the_clock_never_goes_backwards() {
+    let mut f = fix();
+    let before = f.l.clock_ms();
+    f.i += 1;
+    f.l.apply(
+        f.i,
+        Command::new(before - 60_000, Principal::System, Op::Tick),
+    );
+    assert_eq!(f.l.clock_ms(), before);
+}
+
+#[test]
+fn snapshots_round_trip_and_damaged_ones_are_clear_errors() {
+    let mut f = fix();
+    let h = f.hold(0, &[0, 1]);
+    f.confirm(h, 2);
+    let bytes = f.l.snapshot();
+    let mut restored = Ledger::restore(&bytes).unwrap();
+    assert_eq!(restored.state_hash(), f.l.state_hash());
+    // Replaying the same commands on both gives the same state.
+    let cmd = Command::new(
+        f.now + 5,
+        f.buyers[1],
+        Op::PlaceHold {
+            performance: f.p,
+            what: HoldRequest::Seats(vec![(SeatIdx(3), CategoryIdx(0))]),
+        },
+    );
+    f.i += 1;
+    assert_eq!(restored.apply(f.i, cmd.clone()), f.l.apply(f.i, cmd));
+    assert_eq!(restored.state_hash(), f.l.state_hash());
+    let err = |b: &[u8]| Ledger::restore(b).err().expect("must be refused");
+    assert!(matches!(err(&bytes[..10]), SnapshotError::TooShort { .. }));
+    assert!(matches!(
+        err(&bytes[..bytes.len() - 1]),
+        SnapshotError::LengthMismatch { .. }
+    ));
+    let mut flipped = bytes.clone();
+    let k = flipped.len() - 7;
+    flipped[k] ^= 0x10;
+    assert!(matches!(err(&flipped), SnapshotError::ChecksumMismatch));
+    let mut magic = bytes.clone();
+    magic[0] = b'X';
+    assert!(matches!(err(&magic), SnapshotError::BadMagic));
+    let mut future = bytes.clone();
+    future[8..12].copy_from_slice(&99u32.to_le_bytes());
+    let e = err(&future);
+    assert!(matches!(
+        e,
+        SnapshotError::UnsupportedVersion { found: 99, .. }
+    ));
+    assert!(e.to_string().contains("upgrade"), "{e}");
+    // Bodies that decode but break a reference or an invariant are refused too.
+    assert!(Ledger::restore_body(&bytes[52..bytes.len() - 3]).is_err());
+}
