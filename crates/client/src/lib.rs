@@ -25,6 +25,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod dev;
 
 use reqwest::{Method, StatusCode};

@@ -977,7 +977,7 @@ fn snapshots_round_trip_and_damaged_ones_are_clear_errors() {
     f.i += 1;
     assert_eq!(restored.apply(f.i, cmd.clone()), f.l.apply(f.i, cmd));
     assert_eq!(restored.state_hash(), f.l.state_hash());
-    let err = |b: &[u8]| Ledger::restore(b).err().expect("must be refused");
+    let err = |b: &[u8]| Ledger::restore(b).expect_err("must be refused");
     assert!(matches!(err(&bytes[..10]), SnapshotError::TooShort { .. }));
     assert!(matches!(
         err(&bytes[..bytes.len() - 1]),

@@ -35,6 +35,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// A local 3-node cluster and an on-sale you watch sell out, with checks at the end.
+    Demo {
+        /// Seats in the venue (up to 100000).
+        #[arg(long, default_value_t = 2_000)]
+        seats: u32,
+        /// Concurrent simulated buyers.
+        #[arg(long, default_value_t = 200)]
+        buyers: usize,
+        /// Kill the leader with SIGKILL when half is sold, restart it at the end.
+        #[arg(long)]
+        kill_leader: bool,
+        /// Where the cluster's data goes (default: a temporary directory, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// A local cluster of real ticketd processes.
     #[command(subcommand)]
     Dev(DevCmd),
@@ -293,6 +308,20 @@ async fn main() -> anyhow::Result<()> {
     };
     let json = cli.json;
     match &cli.cmd {
+        Cmd::Demo {
+            seats,
+            buyers,
+            kill_leader,
+            dir,
+        } => {
+            client::demo::run(client::demo::DemoOptions {
+                seats: *seats,
+                buyers: *buyers,
+                kill_leader: *kill_leader,
+                dir: dir.clone(),
+            })
+            .await?
+        }
         Cmd::Dev(d) => match d {
             DevCmd::Up {
                 nodes,
