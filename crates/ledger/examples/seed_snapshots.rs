@@ -8,10 +8,16 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("corpus dir");
     let t0 = 1_700_000_000_000;
     let mut l = Ledger::new();
-    let mut i = 0;
-    let mut run = |l: &mut Ledger, p: Principal, op: Op| {
-        i += 1;
-        l.apply(i, Command::new(t0 + i, p, op))
+    // Log index and stamp advance together (stamp = t0 + index); a jump in one is a pause.
+    let i = std::cell::Cell::new(0u64);
+    let next = || {
+        i.set(i.get() + 1);
+        i.get()
+    };
+    let run = |l: &mut Ledger, p: Principal, op: Op| {
+        let at = next();
+        let outcome = l.apply(at, Command::new(t0 + at, p, op));
+        assert!(outcome.is_ok(), "{outcome:?}");
     };
     let op = Principal::ApiKey(ApiKeyId(1));
     let write = |name: &str, l: &Ledger| {
@@ -102,7 +108,7 @@ fn main() {
                 admission_rate_per_sec: 5,
                 admission_ttl_ms: 60_000,
                 max_active_admissions: 0,
-                seed_commitment: *blake3_free_commitment(),
+                seed_commitment: *blake3::hash(&SEED).as_bytes(),
             }),
         }),
     );
@@ -125,9 +131,142 @@ fn main() {
         },
     );
     write("queue", &l);
+    // A sale in progress, so the fuzzer starts from holds, bookings, refunds, check-ins,
+    // admissions, idempotency records and a change feed, not only from a catalog.
+    for b in ["c@x.io", "d@x.io"] {
+        run(
+            &mut l,
+            Principal::System,
+            Op::CreateUser {
+                email: b.into(),
+                name: "B".into(),
+                password_hash: vec![1],
+                role: Role::Buyer,
+            },
+        );
+    }
+    let svc = ApiKeyId(8);
+    run(
+        &mut l,
+        op,
+        Op::CreateApiKey {
+            name: "pay".into(),
+            role: Role::Service,
+            key_digest: [3; 32],
+        },
+    );
+    let (b5, b6, b7) = (
+        Principal::User(UserId(5)),
+        Principal::User(UserId(6)),
+        Principal::User(UserId(7)),
+    );
+    let perf = PerformanceId(4);
+    run(&mut l, b6, Op::JoinQueue { performance: perf });
+    run(
+        &mut l,
+        op,
+        Op::SetSaleStatus {
+            performance: perf,
+            status: SaleStatus::OnSale,
+            seed: Some(SEED),
+        },
+    );
+    run(&mut l, b7, Op::JoinQueue { performance: perf });
+    i.set(i.get() + 1_000);
+    run(&mut l, Principal::System, Op::Tick);
+    let seats =
+        |v: &[u32]| HoldRequest::Seats(v.iter().map(|&s| (SeatIdx(s), CategoryIdx(0))).collect());
+    let hold = |l: &mut Ledger, b: Principal, what: HoldRequest, key: &str| {
+        let at = next();
+        match l.apply(
+            at,
+            Command::new(
+                t0 + at,
+                b,
+                Op::PlaceHold {
+                    performance: perf,
+                    what,
+                },
+            )
+            .with_key(key),
+        ) {
+            Outcome::Ok(Reply::HoldPlaced(h)) => h.hold,
+            o => panic!("{o:?}"),
+        }
+    };
+    let h1 = hold(&mut l, b5, seats(&[0, 1, 5]), "k1");
+    let h2 = hold(
+        &mut l,
+        b6,
+        HoldRequest::GeneralAdmission {
+            section: SectionIdx(1),
+            quantity: 2,
+            category: CategoryIdx(0),
+        },
+        "k2",
+    );
+    let _h3 = hold(&mut l, b7, seats(&[2]), "k3");
+    run(
+        &mut l,
+        b6,
+        Op::ExtendHold {
+            hold: h2,
+            payment_ref: "p2".into(),
+        },
+    );
+    run(
+        &mut l,
+        Principal::ApiKey(svc),
+        Op::ConfirmHold {
+            hold: h1,
+            payment_ref: "p1".into(),
+            codes: vec![[1; 16], [2; 16], [3; 16]],
+        },
+    );
+    run(
+        &mut l,
+        Principal::ApiKey(svc),
+        Op::ConfirmHold {
+            hold: h2,
+            payment_ref: "p2".into(),
+            codes: vec![[4; 16], [5; 16]],
+        },
+    );
+    write("sale", &l);
+    let Some(b) = l.state().bookings.values().next().cloned() else {
+        panic!("a booking")
+    };
+    run(
+        &mut l,
+        Principal::ApiKey(svc),
+        Op::Refund {
+            booking: b.id,
+            tickets: vec![b.tickets[0].id],
+            refund_ref: "r".into(),
+        },
+    );
+    run(
+        &mut l,
+        op,
+        Op::CheckIn {
+            performance: perf,
+            code: b.tickets[1].code,
+        },
+    );
+    run(
+        &mut l,
+        op,
+        Op::SetSeatsBlocked {
+            performance: perf,
+            seats: vec![SeatIdx(7)],
+            blocked: true,
+        },
+    );
+    write("refunded", &l);
+    i.set(i.get() + 120_000);
+    run(&mut l, Principal::System, Op::Tick);
+    write("expired", &l);
 }
 
-/// A fixed commitment (the seed is never revealed in the corpus).
-fn blake3_free_commitment() -> &'static [u8; 32] {
-    &[7; 32]
-}
+/// The waiting room's seed, revealed when the sale opens.
+const SEED: [u8; 32] = [7; 32];

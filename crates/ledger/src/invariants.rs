@@ -29,7 +29,8 @@ impl Ledger {
         let mut live_per_buyer: crate::state::IdMap<(PerformanceId, Principal), u16> =
             Default::default();
         let mut expiry = BTreeSet::new();
-        let mut held: HashMap<(PerformanceId, u16), u32> = HashMap::new();
+        // Sums over decoded data are u64 and checked: a snapshot must not be able to overflow them.
+        let mut held: HashMap<(PerformanceId, u16), u64> = HashMap::new();
         for (id, h) in &s.holds {
             ensure!(
                 *id == h.id && id.0 < s.next_id,
@@ -50,9 +51,13 @@ impl Ledger {
             );
             ensure!(h.quantity() > 0, "live hold {id} holds nothing");
             expiry.insert((h.expires_at_ms, *id));
-            *live_per_buyer.entry((h.performance, h.buyer)).or_default() += 1;
+            // Checked: a decoded snapshot may list any number of holds.
+            let n = live_per_buyer.entry((h.performance, h.buyer)).or_default();
+            *n = n
+                .checked_add(1)
+                .ok_or_else(|| InvariantViolation(format!("buyer of hold {id} has too many")))?;
             let venue = &s.venues[&perf.venue];
-            let mut amount = 0;
+            let mut amount = Some(0u64);
             for &(seat, cat) in &h.seats {
                 let cell = perf.seats.get(seat.0 as usize).map(|c| c.get());
                 ensure!(
@@ -62,15 +67,20 @@ impl Ledger {
                 );
                 let sec = venue.section_of(seat).expect("seat in a section");
                 *held.entry((h.performance, sec.0)).or_default() += 1;
-                amount += perf.price(sec, cat).unwrap_or(u64::MAX / 4);
+                amount = amount
+                    .zip(perf.price(sec, cat))
+                    .and_then(|(a, p)| a.checked_add(p));
             }
             if let Some((sec, q, cat)) = h.ga {
-                *held.entry((h.performance, sec.0)).or_default() += u32::from(q);
-                amount += perf.price(sec, cat).unwrap_or(u64::MAX / 4) * u64::from(q);
+                *held.entry((h.performance, sec.0)).or_default() += u64::from(q);
+                let price = perf.price(sec, cat);
+                amount = amount
+                    .zip(price.and_then(|p| p.checked_mul(u64::from(q))))
+                    .and_then(|(a, p)| a.checked_add(p));
             }
             ensure!(
-                amount == h.amount.amount_minor,
-                "hold {id} amount {} != priced {amount}",
+                amount == Some(h.amount.amount_minor),
+                "hold {id} amount {} != priced {amount:?} (None: unpriced or overflowing)",
                 h.amount.amount_minor
             );
         }
@@ -101,7 +111,7 @@ impl Ledger {
         );
 
         // Bookings: valid tickets own their seats; revenue is the sum of valid tickets.
-        let mut sold: HashMap<(PerformanceId, u16), u32> = HashMap::new();
+        let mut sold: HashMap<(PerformanceId, u16), u64> = HashMap::new();
         let mut revenue: HashMap<PerformanceId, u64> = HashMap::new();
         let mut codes = 0usize;
         for (id, b) in &s.bookings {
@@ -111,8 +121,9 @@ impl Ledger {
                     "booking {id} names a missing performance"
                 )));
             };
-            let mut refunded = 0;
-            let mut total = 0;
+            let mut refunded = 0u64;
+            let mut total = 0u64;
+            let overflow = || InvariantViolation(format!("booking {id} amounts overflow"));
             for (i, t) in b.tickets.iter().enumerate() {
                 codes += 1;
                 ensure!(
@@ -120,13 +131,14 @@ impl Ledger {
                     "ticket {} code not indexed",
                     t.id
                 );
-                total += t.price_minor;
+                total = total.checked_add(t.price_minor).ok_or_else(overflow)?;
                 if t.state == TicketState::Refunded {
-                    refunded += t.price_minor;
+                    refunded = refunded.checked_add(t.price_minor).ok_or_else(overflow)?;
                     continue;
                 }
                 *sold.entry((b.performance, t.section.0)).or_default() += 1;
-                *revenue.entry(b.performance).or_default() += t.price_minor;
+                let rev = revenue.entry(b.performance).or_default();
+                *rev = rev.checked_add(t.price_minor).ok_or_else(overflow)?;
                 if let Some(seat) = t.seat {
                     let cell = perf.seats.get(seat.0 as usize).map(|c| c.get());
                     ensure!(
@@ -211,12 +223,12 @@ impl Ledger {
                     "{pid} section {k} capacity differs"
                 );
                 ensure!(
-                    c.held == held.get(&key).copied().unwrap_or(0),
+                    u64::from(c.held) == held.get(&key).copied().unwrap_or(0),
                     "{pid} section {k} held count {} wrong",
                     c.held
                 );
                 ensure!(
-                    c.sold == sold.get(&key).copied().unwrap_or(0),
+                    u64::from(c.sold) == sold.get(&key).copied().unwrap_or(0),
                     "{pid} section {k} sold count {} wrong",
                     c.sold
                 );
@@ -349,16 +361,22 @@ fn check_room(
         room.order.len()
     );
     if let Some(&head) = room.order.front() {
-        let head_seq = room.entries[head as usize].seq;
+        // u64: decoded seqs may sit anywhere in u32's range.
+        let head_seq = room
+            .entries
+            .get(head as usize)
+            .map_or(0, |e| u64::from(e.seq));
         for (k, &j) in room.order.iter().enumerate() {
             let e = room.entries.get(j as usize);
             ensure!(
-                e.is_some_and(|e| e.state == QueueState::Waiting && e.seq == head_seq + k as u32),
+                e.is_some_and(
+                    |e| e.state == QueueState::Waiting && u64::from(e.seq) == head_seq + k as u64
+                ),
                 "{pid} queue order broken at {k}"
             );
         }
         ensure!(
-            head_seq + room.order.len() as u32 == room.next_seq,
+            head_seq + room.order.len() as u64 == u64::from(room.next_seq),
             "{pid} next_seq out of step"
         );
     }

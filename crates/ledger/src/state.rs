@@ -511,7 +511,9 @@ impl Indexes {
             ix.key_by_digest.insert(k.digest, k.id);
         }
         for h in s.holds.values().filter(|h| h.state == HoldState::Live) {
-            *ix.live_holds.entry((h.performance, h.buyer)).or_default() += 1;
+            // Saturating: a decoded snapshot may list any number; the invariant check refuses it.
+            let n = ix.live_holds.entry((h.performance, h.buyer)).or_default();
+            *n = n.saturating_add(1);
             ix.live_hold_count += 1;
         }
         for b in s.bookings.values() {
