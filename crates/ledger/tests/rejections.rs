@@ -1,262 +1,10 @@
 //! Every rejection path: the code, and that nothing changed but the clock and the index
 //! (the ledger must equal a twin that applied a `Tick` with the same stamp instead).
 
+mod common;
+
+use common::*;
 use ledger::*;
-
-const T0: u64 = 1_700_000_000_000;
-const OP: Principal = Principal::ApiKey(ApiKeyId(1));
-
-struct Fix {
-    l: Ledger,
-    i: u64,
-    now: u64,
-    org: Principal,
-    org2: Principal,
-    buyers: Vec<Principal>,
-    svc: Principal,
-    venue: VenueId,
-    event: EventId,
-    /// On sale, no waiting room.
-    p: PerformanceId,
-    /// Waiting room, draft.
-    r: PerformanceId,
-}
-
-fn eur(amount_minor: u64) -> Money {
-    Money {
-        amount_minor,
-        currency: Currency::parse("EUR").unwrap(),
-    }
-}
-
-const SEED: [u8; 32] = [5; 32];
-
-fn spec(event: EventId, venue: VenueId, room: bool) -> PerformanceSpec {
-    PerformanceSpec {
-        event,
-        venue,
-        starts_at_ms: T0 + 10_000_000,
-        on_sale_at_ms: 0,
-        sale_ends_at_ms: T0 + 10_000_000,
-        hold_ttl_ms: 10_000,
-        payment_grace_ms: 20_000,
-        max_seats_per_order: 3,
-        categories: vec!["adult".into(), "vip".into()],
-        prices: vec![
-            PriceSpec {
-                section: SectionIdx(0),
-                category: CategoryIdx(0),
-                price: eur(1000),
-            },
-            PriceSpec {
-                section: SectionIdx(1),
-                category: CategoryIdx(0),
-                price: eur(300),
-            },
-        ],
-        waiting_room: room.then(|| WaitingRoomSpec {
-            admission_rate_per_sec: 10,
-            admission_ttl_ms: 10_000,
-            max_active_admissions: 0,
-            seed_commitment: *blake3::hash(&SEED).as_bytes(),
-        }),
-    }
-}
-
-impl Fix {
-    fn run(&mut self, p: Principal, op: Op) -> Outcome {
-        self.i += 1;
-        self.l.apply(self.i, Command::new(self.now, p, op))
-    }
-
-    fn ok(&mut self, p: Principal, op: Op) -> Reply {
-        match self.run(p, op) {
-            Outcome::Ok(r) => r,
-            Outcome::Rejected(r) => panic!("expected success: {r:?}"),
-        }
-    }
-
-    /// Apply `cmd` and assert it is rejected with `code`, changing nothing else.
-    fn rejects(&mut self, cmd: Command, code: Code) {
-        let mut twin = self.l.clone();
-        self.i += 1;
-        twin.apply(
-            self.i,
-            Command::new(cmd.stamp_ms, Principal::System, Op::Tick),
-        );
-        let what = format!("{:?}", cmd.op);
-        match self.l.apply(self.i, cmd) {
-            Outcome::Rejected(r) => {
-                assert_eq!(r.code, code, "{what}: {}", r.detail);
-                assert!(!r.detail.is_empty());
-            }
-            o => panic!("{what}: expected {code:?}, got {o:?}"),
-        }
-        assert_eq!(
-            self.l.state_hash(),
-            twin.state_hash(),
-            "{what}: the rejection changed the ledger"
-        );
-        self.l.check_invariants().unwrap();
-    }
-
-    fn no(&mut self, p: Principal, op: Op, code: Code) {
-        self.rejects(Command::new(self.now, p, op), code);
-    }
-
-    fn hold(&mut self, b: usize, seats: &[u32]) -> HoldId {
-        let what = HoldRequest::Seats(
-            seats
-                .iter()
-                .map(|s| (SeatIdx(*s), CategoryIdx(0)))
-                .collect(),
-        );
-        let p = self.p;
-        match self.ok(
-            self.buyers[b],
-            Op::PlaceHold {
-                performance: p,
-                what,
-            },
-        ) {
-            Reply::HoldPlaced(h) => h.hold,
-            r => panic!("{r:?}"),
-        }
-    }
-
-    fn confirm(&mut self, hold: HoldId, n: usize) -> BookingReceipt {
-        let codes = (0..n)
-            .map(|k| ((self.i as u128) << 8 | k as u128).to_le_bytes())
-            .collect();
-        match self.ok(
-            self.svc,
-            Op::ConfirmHold {
-                hold,
-                payment_ref: "pay".into(),
-                codes,
-            },
-        ) {
-            Reply::BookingConfirmed(b) => b,
-            r => panic!("{r:?}"),
-        }
-    }
-}
-
-fn fix() -> Fix {
-    let mut f = Fix {
-        l: Ledger::new(),
-        i: 0,
-        now: T0,
-        org: OP,
-        org2: OP,
-        buyers: vec![],
-        svc: OP,
-        venue: VenueId(0),
-        event: EventId(0),
-        p: PerformanceId(0),
-        r: PerformanceId(0),
-    };
-    f.ok(
-        Principal::System,
-        Op::Bootstrap {
-            operator_key_digest: [1; 32],
-            token_secret: [2; 32],
-        },
-    );
-    let user = |email: &str, role| Op::CreateUser {
-        email: email.into(),
-        name: "N".into(),
-        password_hash: vec![1],
-        role,
-    };
-    let Reply::UserCreated { user: o1 } = f.ok(OP, user("o1@x.io", Role::Organizer)) else {
-        panic!()
-    };
-    let Reply::UserCreated { user: o2 } = f.ok(OP, user("o2@x.io", Role::Organizer)) else {
-        panic!()
-    };
-    (f.org, f.org2) = (Principal::User(o1), Principal::User(o2));
-    for b in 0..3 {
-        let Reply::UserCreated { user } =
-            f.ok(Principal::System, user(&format!("b{b}@x.io"), Role::Buyer))
-        else {
-            panic!()
-        };
-        f.buyers.push(Principal::User(user));
-    }
-    let Reply::ApiKeyCreated { key } = f.ok(
-        OP,
-        Op::CreateApiKey {
-            name: "pay".into(),
-            role: Role::Service,
-            key_digest: [3; 32],
-        },
-    ) else {
-        panic!()
-    };
-    f.svc = Principal::ApiKey(key);
-    let rows = vec![
-        RowSpec {
-            label: "1".into(),
-            seats: 5,
-        },
-        RowSpec {
-            label: "2".into(),
-            seats: 5,
-        },
-    ];
-    let sections = vec![
-        SectionSpec::Seated {
-            name: "A".into(),
-            rows,
-        },
-        SectionSpec::GeneralAdmission {
-            name: "Floor".into(),
-            capacity: 5,
-        },
-    ];
-    let Reply::VenueCreated { venue, .. } = f.ok(
-        f.org,
-        Op::CreateVenue {
-            name: "Hall".into(),
-            sections,
-        },
-    ) else {
-        panic!()
-    };
-    let Reply::EventCreated { event } = f.ok(
-        f.org,
-        Op::CreateEvent {
-            name: "Show".into(),
-            category: "music".into(),
-            description: String::new(),
-            media: vec![],
-        },
-    ) else {
-        panic!()
-    };
-    (f.venue, f.event) = (venue, event);
-    let Reply::PerformanceCreated { performance: p } =
-        f.ok(f.org, Op::CreatePerformance(spec(event, venue, false)))
-    else {
-        panic!()
-    };
-    let Reply::PerformanceCreated { performance: r } =
-        f.ok(f.org, Op::CreatePerformance(spec(event, venue, true)))
-    else {
-        panic!()
-    };
-    (f.p, f.r) = (p, r);
-    f.ok(
-        f.org,
-        Op::SetSaleStatus {
-            performance: p,
-            status: SaleStatus::OnSale,
-            seed: None,
-        },
-    );
-    f
-}
 
 #[test]
 fn cluster_and_accounts() {
@@ -1000,4 +748,85 @@ fn snapshots_round_trip_and_damaged_ones_are_clear_errors() {
     assert!(e.to_string().contains("upgrade"), "{e}");
     // Bodies that decode but break a reference or an invariant are refused too.
     assert!(Ledger::restore_body(&bytes[52..bytes.len() - 3]).is_err());
+}
+
+/// Snapshot bodies crafted to overflow the sums and counters the restore path computes: each
+/// panicked (arithmetic overflow) before those became checked; now each is a clear error.
+#[test]
+fn crafted_snapshots_that_overflow_counters_are_refused_without_panicking() {
+    let mut f = fix();
+    let h = f.hold(0, &[0, 1]);
+    f.confirm(h, 2);
+    let (b0, p) = (f.buyers[0], f.p);
+    let ga = f.ok(
+        b0,
+        Op::PlaceHold {
+            performance: p,
+            what: HoldRequest::GeneralAdmission {
+                section: SectionIdx(1),
+                quantity: 2,
+                category: CategoryIdx(0),
+            },
+        },
+    );
+    let Reply::HoldPlaced(ga) = ga else { panic!() };
+    f.ok(
+        f.org,
+        Op::SetSaleStatus {
+            performance: f.r,
+            status: SaleStatus::OnSale,
+            seed: Some(SEED),
+        },
+    );
+    f.ok(f.buyers[1], Op::JoinQueue { performance: f.r });
+    f.ok(f.buyers[2], Op::JoinQueue { performance: f.r });
+    let good = f.l.state().clone();
+    let restore = |s: &State| Ledger::restore_body(&postcard::to_stdvec(s).unwrap());
+    assert!(restore(&good).is_ok());
+    let refused = |what: &str, s: State| match restore(&s) {
+        Err(e) => assert!(!e.to_string().is_empty(), "{what}"),
+        Ok(_) => panic!("{what}: restored"),
+    };
+    // Ticket prices summing past u64::MAX (booking total).
+    let mut s = good.clone();
+    let b = s.bookings.values_mut().next().unwrap();
+    for t in &mut b.tickets {
+        t.price_minor = u64::MAX / 2 + 1;
+    }
+    refused("ticket prices overflow", s);
+    // A GA hold in a category with no price, for 65 535 places (the old code priced a
+    // missing price at u64::MAX / 4 and multiplied).
+    let mut s = good.clone();
+    let hold = s.holds.get_mut(&ga.hold).unwrap();
+    hold.ga = Some((SectionIdx(1), u16::MAX, CategoryIdx(1)));
+    refused("unpriced GA hold", s);
+    // Queue sequence numbers at the top of u32 (head_seq + k overflowed).
+    let mut s = good.clone();
+    let room = s
+        .performances
+        .get_mut(&f.r)
+        .unwrap()
+        .waiting_room
+        .as_mut()
+        .unwrap();
+    for (k, e) in room.entries.iter_mut().enumerate() {
+        e.seq = u32::MAX - 1 + k as u32 % 2;
+    }
+    room.next_seq = 5;
+    refused("queue seqs overflow", s);
+    // More live holds for one buyer than a u16 counts (the index build overflowed).
+    let mut s = good.clone();
+    let template = s.holds[&ga.hold].clone();
+    for k in 0..=u64::from(u16::MAX) {
+        let id = HoldId(s.next_id + k);
+        s.holds.insert(
+            id,
+            Hold {
+                id,
+                ..template.clone()
+            },
+        );
+    }
+    s.next_id += 1 << 17;
+    refused("65 536 live holds for one buyer", s);
 }
