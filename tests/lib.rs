@@ -47,7 +47,11 @@ impl TestCluster {
         let admin = self.admin().with_deadline(Duration::from_secs(3));
         let mut last = String::new();
         while start.elapsed() < deadline {
-            if let Ok(s) = admin.status().await {
+            let status = admin.status().await;
+            if let Err(e) = &status {
+                last = format!("status failed: {e}");
+            }
+            if let Ok(s) = status {
                 let live: Vec<_> = s.nodes.iter().filter(|n| n.role != "unreachable").collect();
                 let same = live.windows(2).all(|w| {
                     w[0].applied_index == w[1].applied_index && w[0].state_hash == w[1].state_hash

@@ -419,3 +419,41 @@ async fn without_a_quorum_writes_get_503_with_retry_after_in_time() {
         "answered after {took:?}; the request timeout is 3 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_restores_into_a_fresh_cluster() {
+    let a = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&a, 2, 1).await.unwrap();
+    let hold = cat.buyers[0]
+        .hold(&seats_hold(&cat.performance, &["A:1:3"]))
+        .await
+        .unwrap();
+    let booking = cat.service.confirm(&hold.hold_id, "pay-9").await.unwrap();
+    let backup = a.admin().backup().await.unwrap();
+    let mut b = TestCluster::start(3, &[]).await.unwrap();
+    let status = b.admin().restore(backup.clone()).await.unwrap();
+    assert!(status.cluster_initialized);
+    // The backup's keys are now the valid ones; the booking is there on every node.
+    let old_admin = client::Client::new(b.c().nodes.iter().map(|n| n.http.clone()))
+        .with_key(a.c().admin_key.clone());
+    assert_eq!(
+        old_admin
+            .booking(&booking.booking_id)
+            .await
+            .unwrap()
+            .tickets
+            .len(),
+        1
+    );
+    let err = b.admin().status().await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some("unauthenticated"),
+        "the fresh cluster's own key is gone: {err}"
+    );
+    b.guard.0.admin_key = a.c().admin_key.clone();
+    b.converged(CONVERGE).await.unwrap();
+    // A second restore over a catalog is refused.
+    let err = old_admin.restore(backup).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_state"), "{err}");
+}

@@ -308,6 +308,15 @@ impl Client {
             .await
     }
 
+    /// Restore a backup into a cluster with no catalog yet (sent to each node until the
+    /// leader takes it).
+    pub async fn restore(&self, backup: Vec<u8>) -> Result<api::ClusterStatus> {
+        let bytes = self
+            .send_bytes(Method::POST, "/v1/cluster/restore", Some(backup))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+    }
+
     // ------------------------------------------------------------ catalog
 
     pub async fn create_api_key(&self, name: &str, role: &str) -> Result<api::ApiKeyCreated> {

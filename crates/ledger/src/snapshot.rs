@@ -83,6 +83,22 @@ impl Ledger {
         Ledger::restore_body(body)
     }
 
+    /// Restore a backup into another cluster's log: the ledger as the backup had it, now at
+    /// `log_index` of the new log (the change feed, which named the old log's indices, starts
+    /// empty). Used by the operator's restore, never by replication.
+    pub fn restore_backup_at(bytes: &[u8], log_index: u64) -> Result<Ledger, SnapshotError> {
+        let mut ledger = Ledger::restore(bytes)?;
+        ledger.s.last_index = log_index;
+        ledger.s.feed.clear();
+        ledger.check_invariants()?;
+        Ok(ledger)
+    }
+
+    /// Whether nothing but accounts exists yet (a backup may be restored over it).
+    pub fn has_no_catalog(&self) -> bool {
+        self.s.venues.is_empty() && self.s.events.is_empty() && self.s.performances.is_empty()
+    }
+
     /// Decode a snapshot body without the header (exposed for the fuzzer, which cannot forge
     /// checksums and must still reach the decoder).
     #[doc(hidden)]

@@ -26,6 +26,12 @@ pub fn router() -> Router<Arc<App>> {
         .route("/v1/cluster/transfer-leader", post(transfer_leader))
         .route("/v1/cluster/snapshot", post(snapshot))
         .route("/v1/cluster/backup", get(backup))
+        .route(
+            "/v1/cluster/restore",
+            post(restore).layer(axum::extract::DefaultBodyLimit::max(
+                crate::net::MAX_MESSAGE_BYTES - 4096,
+            )),
+        )
 }
 
 async fn operator(app: &App, headers: &HeaderMap) -> Result<()> {
@@ -297,4 +303,54 @@ async fn backup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
         .read(Consistency::Linearizable, |l| l.snapshot())
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// Restore a backup into this cluster, which must have no catalog yet. The backup travels
+/// through the Raft log as one entry, so every replica replaces its ledger at the same index.
+/// Afterwards the backup's own API keys are the valid ones.
+async fn restore(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<api::ClusterStatus>> {
+    operator(&app, &headers).await?;
+    if body.is_empty() {
+        return Err(ApiError::invalid(
+            "send the backup file as the request body",
+        ));
+    }
+    ledger::Ledger::restore(&body)
+        .map_err(|e| ApiError::invalid(format!("not a usable backup: {e}")))?;
+    if !app.ledger.read(|l| l.has_no_catalog()) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "invalid_state",
+            "the cluster already has a catalog; restore into a fresh cluster",
+        ));
+    }
+    let resp = app
+        .raft
+        .client_write(Request::Restore(body.to_vec()))
+        .await
+        .map_err(|e| {
+            if e.forward_to_leader().is_some() {
+                ApiError::unavailable(
+                    "not_leader",
+                    "send the restore to the leader (any other node answers 503)",
+                )
+            } else {
+                ApiError::unavailable("unavailable", e.to_string())
+            }
+        })?;
+    match resp.data.restore {
+        Some(Ok(())) => Ok(Json(app.cluster_status().await)),
+        Some(Err(why)) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "invalid_state",
+            why,
+        )),
+        None => Err(ApiError::internal(
+            "the restore entry answered without a result",
+        )),
+    }
 }

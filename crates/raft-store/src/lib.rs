@@ -48,6 +48,9 @@ impl fmt::Display for Node {
 pub enum Request {
     /// A ledger command, stamped by the leader.
     Command(Command),
+    /// An operator's restore of a backup (a ledger snapshot) into a cluster that has no
+    /// catalog yet. Applied deterministically: refused on every replica alike otherwise.
+    Restore(Vec<u8>),
 }
 
 impl Request {
@@ -60,6 +63,7 @@ impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Request::Command(c) => write!(f, "{}@{}", c.op.name(), c.stamp_ms),
+            Request::Restore(b) => write!(f, "restore({} bytes)", b.len()),
         }
     }
 }
@@ -68,8 +72,11 @@ impl fmt::Display for Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub index: u64,
-    /// `None` for entries without a command (blank, membership).
+    /// `None` for entries without a command (blank, membership, restore).
     pub outcome: Option<Outcome>,
+    /// For a restore: `Ok` or why it was refused.
+    #[serde(default)]
+    pub restore: Option<Result<(), String>>,
 }
 
 impl Response {

@@ -27,7 +27,24 @@ const KEY_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flusher: mpsc::Sender<IOFlushed<C>>,
+    flusher: Arc<Flusher>,
+}
+
+/// The flusher thread and its queue. Dropped with the last handle: the queue closes, the
+/// thread finishes what is queued and exits, and only then is the database closed, so a
+/// store can be reopened as soon as the old one is gone.
+struct Flusher {
+    tx: std::sync::Mutex<Option<mpsc::Sender<IOFlushed<C>>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.tx.lock().map(|mut t| t.take()));
+        if let Some(h) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = h.join();
+        }
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -108,14 +125,21 @@ impl LogStore {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<IOFlushed<C>>();
         let flush_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-flusher".into())
             .spawn(move || flusher(flush_db, rx))
             .map_err(|e| StoreError::Unreadable {
                 path: path.to_path_buf(),
                 detail: format!("spawning the flusher: {e}"),
             })?;
-        Ok(LogStore { db, flusher: tx })
+        let flusher = Flusher {
+            tx: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+        };
+        Ok(LogStore {
+            db,
+            flusher: Arc::new(flusher),
+        })
     }
 
     fn meta_get<T: DeserializeOwned>(&self, k: &[u8]) -> io::Result<Option<T>> {
@@ -244,7 +268,13 @@ impl RaftLogStorage<C> for LogStore {
         }
         // Not synced here: the flusher syncs once for every append waiting.
         self.db.write(batch).map_err(io_err)?;
-        self.flusher
+        let tx = self
+            .flusher
+            .tx
+            .lock()
+            .map_err(|_| io_err("flusher lock poisoned"))?;
+        tx.as_ref()
+            .ok_or_else(|| io_err("the log flusher stopped"))?
             .send(callback)
             .map_err(|_| io_err("the log flusher stopped"))
     }

@@ -230,6 +230,28 @@ impl RaftSnapshotBuilder<C> for StateMachineStore {
     }
 }
 
+/// Replace an empty ledger by a backup, or refuse (the same way on every replica).
+fn restore_backup(ledger: &mut Ledger, bytes: &[u8], index: u64) -> Result<(), String> {
+    let refused = if !ledger.has_no_catalog() {
+        Some("the cluster already has a catalog; restore into a fresh cluster".to_string())
+    } else {
+        match Ledger::restore_backup_at(bytes, index) {
+            Ok(restored) => {
+                *ledger = restored;
+                None
+            }
+            Err(e) => Some(format!("the backup is unusable: {e}")),
+        }
+    };
+    match refused {
+        None => Ok(()),
+        Some(why) => {
+            skip(ledger, index);
+            Err(why)
+        }
+    }
+}
+
 /// Entries without a command still move the ledger's index along, except the initial
 /// membership entry at index 0, which precedes everything.
 fn skip(ledger: &mut Ledger, index: u64) {
@@ -262,9 +284,14 @@ impl RaftStateMachine<C> for StateMachineStore {
                 let mut g = self.inner.write().expect("ledger lock poisoned");
                 for (entry, responder) in batch {
                     let index = entry.log_id.index;
+                    let mut restore = None;
                     let outcome = match entry.payload {
                         EntryPayload::Normal(crate::Request::Command(cmd)) => {
                             Some(g.ledger.apply(index, cmd))
+                        }
+                        EntryPayload::Normal(crate::Request::Restore(bytes)) => {
+                            restore = Some(restore_backup(&mut g.ledger, &bytes, index));
+                            None
                         }
                         EntryPayload::Membership(m) => {
                             g.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -278,7 +305,14 @@ impl RaftStateMachine<C> for StateMachineStore {
                     };
                     g.last_applied = Some(entry.log_id);
                     if let Some(r) = responder {
-                        replies.push((r, Response { index, outcome }));
+                        replies.push((
+                            r,
+                            Response {
+                                index,
+                                outcome,
+                                restore,
+                            },
+                        ));
                     }
                 }
             }

@@ -334,3 +334,31 @@ fn kill_9_mid_append_loses_no_acknowledged_entry() {
         );
     });
 }
+
+#[test]
+fn a_store_from_a_newer_format_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(raft_store::open(dir.path()).unwrap());
+    {
+        // Rewrite the format version as a future ticketd would.
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, dir.path().join("log"), ["meta", "logs"]).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"format_version", 99u32.to_le_bytes())
+            .unwrap();
+    }
+    let err = raft_store::open(dir.path())
+        .err()
+        .map(|e| e.to_string())
+        .expect("refused");
+    assert!(err.contains("newer") && err.contains("99"), "{err}");
+    // An unreadable directory is a clear error too.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = raft_store::open(&file)
+        .err()
+        .map(|e| e.to_string())
+        .expect("refused");
+    assert!(err.contains("cannot open"), "{err}");
+}

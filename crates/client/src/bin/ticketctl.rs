@@ -199,6 +199,11 @@ enum ClusterCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Restore a backup into a cluster that has no catalog yet.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 fn print<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce(&T) -> String) {
@@ -400,6 +405,11 @@ async fn main() -> anyhow::Result<()> {
                     std::fs::write(out, &bytes)
                         .with_context(|| format!("writing {}", out.display()))?;
                     println!("wrote {} bytes to {}", bytes.len(), out.display());
+                }
+                ClusterCmd::Restore { from } => {
+                    let bytes = std::fs::read(from)
+                        .with_context(|| format!("reading {}", from.display()))?;
+                    print(json, &cl.restore(bytes).await?, status_table)
                 }
             }
         }
