@@ -23,8 +23,19 @@ pub enum Consistency {
     Stale,
 }
 
+/// Commands the proposer takes into one Raft proposal at most.
+pub const MAX_PROPOSAL_BATCH: usize = 512;
+
+/// A write waiting for the proposer.
+pub struct Proposal {
+    request: ForwardRequest,
+    reply: tokio::sync::oneshot::Sender<Result<(Outcome, u64), WriteFailure>>,
+}
+
 pub struct App {
     pub cfg: Config,
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
+    proposals_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Proposal>>>,
     pub raft: Raft,
     pub ledger: LedgerHandle,
     pub metrics: Metrics,
@@ -41,8 +52,11 @@ impl App {
     pub fn new(cfg: Config, raft: Raft, ledger: LedgerHandle) -> App {
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
         let peers = Peers::new(cfg.request_timeout);
+        let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_inflight);
         App {
             cfg,
+            proposals: tx,
+            proposals_rx: std::sync::Mutex::new(Some(rx)),
             raft,
             ledger,
             metrics: Metrics::default(),
@@ -169,35 +183,107 @@ impl App {
         }
     }
 
-    /// On the leader: stamp with this node's clock and propose through Raft.
+    /// On the leader: queue the write for the proposer, which stamps and proposes writes
+    /// that arrive together as one batch (one log append, one fsync, one round per batch).
     pub async fn propose(&self, request: ForwardRequest) -> Result<(Outcome, u64), WriteFailure> {
-        let cmd = Command {
-            stamp_ms: self.now_ms(),
-            principal: request.principal,
-            idempotency_key: request.idempotency_key,
-            op: request.op,
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.proposals
+            .try_send(Proposal { request, reply })
+            .map_err(|_| {
+                self.metrics
+                    .proposals_rejected_overload
+                    .fetch_add(1, Relaxed);
+                WriteFailure::Other(ApiError::unavailable(
+                    "overloaded",
+                    "the proposal queue is full; retry shortly",
+                ))
+            })?;
+        rx.await.unwrap_or_else(|_| {
+            Err(WriteFailure::Other(ApiError::unavailable(
+                "unavailable",
+                "the proposer stopped; the outcome is unknown: retry with the same Idempotency-Key",
+            )))
+        })
+    }
+
+    /// The proposer: take what is queued (up to [`MAX_PROPOSAL_BATCH`]), stamp it with one
+    /// reading of the leader's clock, hand it to Raft as one batch, and answer each write
+    /// from the results in order, while the next batch is already being gathered.
+    pub async fn proposer_loop(self: Arc<Self>) {
+        let Some(mut rx) = self.proposals_rx.lock().expect("proposer lock").take() else {
+            return;
         };
-        self.metrics.proposals.fetch_add(1, Relaxed);
-        self.metrics.batch_size.observe(1);
-        match self.raft.client_write(Request::command(cmd)).await {
-            Ok(resp) => {
-                let index = resp.data.index;
-                let outcome = resp.data.outcome().ok_or_else(|| {
-                    WriteFailure::Other(ApiError::internal(
-                        "a command entry answered without an outcome",
-                    ))
-                })?;
-                Ok((outcome, index))
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_PROPOSAL_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
             }
-            Err(e) => match e.forward_to_leader() {
-                Some(_) => Err(WriteFailure::NotLeader),
-                None => Err(WriteFailure::Other(ApiError::unavailable(
-                    "unavailable",
-                    format!(
-                        "the write failed ({e}); its outcome is unknown: retry with the same Idempotency-Key"
-                    ),
-                ))),
-            },
+            let stamp_ms = self.now_ms();
+            self.metrics
+                .proposals
+                .fetch_add(batch.len() as u64, Relaxed);
+            self.metrics.batch_size.observe(batch.len() as u64);
+            let (requests, replies): (Vec<Request>, Vec<_>) = batch
+                .into_iter()
+                .map(|p| {
+                    let cmd = Command {
+                        stamp_ms,
+                        principal: p.request.principal,
+                        idempotency_key: p.request.idempotency_key,
+                        op: p.request.op,
+                    };
+                    (Request::command(cmd), p.reply)
+                })
+                .unzip();
+            match self.raft.client_write_many(requests).await {
+                Err(fatal) => {
+                    for r in replies {
+                        let _ = r.send(Err(WriteFailure::Other(ApiError::unavailable(
+                            "unavailable",
+                            format!("raft stopped: {fatal}"),
+                        ))));
+                    }
+                }
+                Ok(mut results) => {
+                    tokio::spawn(async move {
+                        use futures::StreamExt;
+                        for reply in replies {
+                            let answer = match results.next().await {
+                                Some(Ok(Ok(w))) => {
+                                    let index = w.response.index;
+                                    w.response.outcome().map(|o| (o, index)).ok_or_else(|| {
+                                        WriteFailure::Other(ApiError::internal(
+                                            "a command entry answered without an outcome",
+                                        ))
+                                    })
+                                }
+                                Some(Ok(Err(
+                                    openraft::error::ClientWriteError::ForwardToLeader(_),
+                                ))) => Err(WriteFailure::NotLeader),
+                                Some(Ok(Err(e))) => Err(WriteFailure::Other(
+                                    ApiError::unavailable("unavailable", e.to_string()),
+                                )),
+                                Some(Err(fatal)) => {
+                                    Err(WriteFailure::Other(ApiError::unavailable(
+                                        "unavailable",
+                                        format!(
+                                            "raft stopped ({fatal}); outcome unknown: retry with the same Idempotency-Key"
+                                        ),
+                                    )))
+                                }
+                                None => Err(WriteFailure::Other(ApiError::unavailable(
+                                    "unavailable",
+                                    "the write was not answered (leadership changed?); outcome unknown: retry with the same Idempotency-Key",
+                                ))),
+                            };
+                            let _ = reply.send(answer);
+                        }
+                    });
+                }
+            }
         }
     }
 

@@ -92,6 +92,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let http_task = tokio::spawn(async move { server.await });
     let tick_task = tokio::spawn(app.clone().tick_loop(shutdown_rx.clone()));
+    tokio::spawn(app.clone().proposer_loop());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
