@@ -107,7 +107,7 @@ impl Ledger {
             postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
         validate_structure(&state).map_err(SnapshotError::Malformed)?;
         let ledger = Ledger::from_state(state);
-        ledger.check_invariants()?;
+        ledger.check_invariants_of_fresh_indexes()?;
         Ok(ledger)
     }
 

@@ -829,4 +829,23 @@ fn crafted_snapshots_that_overflow_counters_are_refused_without_panicking() {
     }
     s.next_id += 1 << 17;
     refused("65 536 live holds for one buyer", s);
+    // Duplicates that only the index sizes reveal (restore skips per-entry index lookups).
+    let mut s = good.clone();
+    let email = s.users.values().next().unwrap().email.clone();
+    s.users.values_mut().last().unwrap().email = email;
+    refused("two users with one email", s);
+    let mut s = good.clone();
+    let b = s.bookings.values_mut().next().unwrap();
+    b.tickets[1].code = b.tickets[0].code;
+    refused("two tickets with one check-in code", s);
+    let mut s = good.clone();
+    let room = s
+        .performances
+        .get_mut(&f.r)
+        .unwrap()
+        .waiting_room
+        .as_mut()
+        .unwrap();
+    room.entries[1].buyer = room.entries[0].buyer;
+    refused("one buyer queued twice", s);
 }
