@@ -423,17 +423,20 @@ pub struct State {
     pub last_index: u64,
     pub next_id: u64,
     pub token_secret: Option<Digest32>,
+    #[serde(deserialize_with = "bulk_map::deserialize")]
     pub users: BTreeMap<UserId, User>,
     pub api_keys: BTreeMap<ApiKeyId, ApiKey>,
     pub venues: BTreeMap<VenueId, Venue>,
     pub events: BTreeMap<EventId, Event>,
     pub performances: BTreeMap<PerformanceId, Performance>,
     /// Live holds and, for a while, ended ones.
+    #[serde(deserialize_with = "bulk_map::deserialize")]
     pub holds: BTreeMap<HoldId, Hold>,
     /// Live holds by expiry.
     pub hold_expiry: BTreeSet<(u64, HoldId)>,
     /// Ended holds in the order they ended, for retention.
     pub ended_holds: VecDeque<(u64, HoldId)>,
+    #[serde(deserialize_with = "bulk_map::deserialize")]
     pub bookings: BTreeMap<BookingId, Booking>,
     /// Unexpired admissions by expiry.
     pub admission_expiry: BTreeSet<(u64, QueueId)>,
@@ -442,6 +445,42 @@ pub struct State {
     pub idempotency: BTreeMap<(Principal, String), IdempotencyRecord>,
     pub idempotency_order: VecDeque<(u64, Principal, String)>,
     pub feed: VecDeque<FeedEntry>,
+}
+
+/// Decoding the big maps: serde's `BTreeMap` impl inserts pair by pair, and inserting keys
+/// in order splits every node near its middle, so a restored map had half-full nodes (twice
+/// the node allocations and memory of the original). Collecting the pairs first lets std
+/// bulk-build full nodes from the sorted run. Same wire format; equal keys keep the last
+/// value, as inserting did.
+mod bulk_map {
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use std::collections::BTreeMap;
+    use std::marker::PhantomData;
+
+    pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        struct Pairs<K, V>(PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Visitor<'de> for Pairs<K, V> {
+            type Value = BTreeMap<K, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // The length comes from the input: never pre-allocate more than 1 MiB on it.
+                let cap = (1 << 20) / std::mem::size_of::<(K, V)>().max(1);
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(cap));
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(BTreeMap::from_iter(pairs))
+            }
+        }
+        d.deserialize_map(Pairs(PhantomData))
+    }
 }
 
 /// A fast hasher for indexes keyed by ledger-assigned ids (not by client-chosen strings,
