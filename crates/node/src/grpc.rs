@@ -152,6 +152,36 @@ fn booking_pb(b: api::Booking) -> pb::Booking {
     }
 }
 
+fn performance_pb(l: &Ledger, p: &ledger::Performance) -> pb::Performance {
+    let v = performance_view(l, p);
+    pb::Performance {
+        performance_id: v.performance_id,
+        event_id: v.event_id,
+        venue_id: v.venue_id,
+        status: v.status,
+        starts_at_ms: p.starts_at_ms,
+        on_sale_at_ms: p.on_sale_at_ms,
+        sale_ends_at_ms: p.sale_ends_at_ms,
+        hold_ttl_ms: p.hold_ttl_ms,
+        max_seats_per_order: u32::from(p.max_seats_per_order),
+        categories: v.categories,
+        sections: v
+            .sections
+            .into_iter()
+            .map(|s| pb::SectionAvailability {
+                section: s.section,
+                capacity: s.capacity,
+                available: s.available,
+                held: s.held,
+                sold: s.sold,
+                blocked: s.blocked,
+            })
+            .collect(),
+        revenue_minor: v.revenue_minor,
+        currency: v.currency,
+    }
+}
+
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -173,35 +203,10 @@ impl pb::ledger_server::Ledger for LedgerService {
         let p = self
             .app
             .read(c, |l| {
-                l.state().performances.get(&id).map(|p| {
-                    let v = performance_view(l, p);
-                    pb::Performance {
-                        performance_id: v.performance_id,
-                        event_id: v.event_id,
-                        venue_id: v.venue_id,
-                        status: v.status,
-                        starts_at_ms: p.starts_at_ms,
-                        on_sale_at_ms: p.on_sale_at_ms,
-                        sale_ends_at_ms: p.sale_ends_at_ms,
-                        hold_ttl_ms: p.hold_ttl_ms,
-                        max_seats_per_order: u32::from(p.max_seats_per_order),
-                        categories: v.categories,
-                        sections: v
-                            .sections
-                            .into_iter()
-                            .map(|s| pb::SectionAvailability {
-                                section: s.section,
-                                capacity: s.capacity,
-                                available: s.available,
-                                held: s.held,
-                                sold: s.sold,
-                                blocked: s.blocked,
-                            })
-                            .collect(),
-                        revenue_minor: v.revenue_minor,
-                        currency: v.currency,
-                    }
-                })
+                l.state()
+                    .performances
+                    .get(&id)
+                    .map(|p| performance_pb(l, p))
             })
             .await?;
         p.map(Response::new)
@@ -393,5 +398,152 @@ impl pb::ledger_server::Ledger for LedgerService {
             Some(_) => Err(ApiError::forbidden("this queue entry is another buyer's").into()),
             None => Err(ApiError::not_found(format!("no queue entry {queue}")).into()),
         }
+    }
+
+    async fn create_venue(&self, req: Request<pb::CreateVenueRequest>) -> Result<pb::VenueCreated> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let sections = r
+            .sections
+            .into_iter()
+            .map(|s| {
+                if s.rows.is_empty() {
+                    api::SectionSpec::GeneralAdmission {
+                        name: s.name,
+                        capacity: s.capacity,
+                    }
+                } else {
+                    api::SectionSpec::Seated {
+                        name: s.name,
+                        rows: s
+                            .rows
+                            .into_iter()
+                            .map(|r| api::RowSpec {
+                                label: r.label,
+                                seats: r.seats,
+                            })
+                            .collect(),
+                    }
+                }
+            })
+            .collect();
+        match self
+            .write(
+                p,
+                &r.request_id,
+                venue_op(api::CreateVenue {
+                    name: r.name,
+                    sections,
+                }),
+            )
+            .await?
+        {
+            Reply::VenueCreated {
+                venue,
+                seats,
+                ga_capacity,
+            } => Ok(Response::new(pb::VenueCreated {
+                venue_id: venue.to_string(),
+                seats,
+                ga_capacity,
+            })),
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn create_event(&self, req: Request<pb::CreateEventRequest>) -> Result<pb::EventCreated> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let op = event_op(api::CreateEvent {
+            name: r.name,
+            category: r.category,
+            description: r.description,
+            media: vec![],
+        });
+        match self.write(p, &r.request_id, op).await? {
+            Reply::EventCreated { event } => Ok(Response::new(pb::EventCreated {
+                event_id: event.to_string(),
+            })),
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn create_performance(
+        &self,
+        req: Request<pb::CreatePerformanceRequest>,
+    ) -> Result<pb::PerformanceCreated> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let event: EventId = parse_id(&r.event_id, "event")?;
+        let body = api::CreatePerformance {
+            venue_id: r.venue_id,
+            starts_at: api::TimeInput::UnixMs(r.starts_at_ms),
+            on_sale_at: api::TimeInput::UnixMs(r.on_sale_at_ms),
+            sale_ends_at: (r.sale_ends_at_ms > 0)
+                .then_some(api::TimeInput::UnixMs(r.sale_ends_at_ms)),
+            hold_ttl_secs: r.hold_ttl_secs,
+            payment_grace_secs: (r.payment_grace_secs > 0).then_some(r.payment_grace_secs),
+            max_seats_per_order: (r.max_seats_per_order > 0)
+                .then(|| r.max_seats_per_order.min(u32::from(u16::MAX)) as u16),
+            categories: (!r.categories.is_empty()).then_some(r.categories),
+            prices: r
+                .prices
+                .into_iter()
+                .map(|x| api::Price {
+                    section: x.section,
+                    category: non_empty(&x.category),
+                    amount_minor: x.amount_minor,
+                    currency: x.currency,
+                })
+                .collect(),
+            waiting_room: (r.admission_rate_per_sec > 0).then(|| api::WaitingRoomSpec {
+                admission_rate_per_sec: r.admission_rate_per_sec,
+                admission_ttl_secs: r.admission_ttl_secs,
+                max_active_admissions: r.max_active_admissions,
+                seed_commitment: r.seed_commitment.clone(),
+            }),
+        };
+        let op = self
+            .app
+            .read(Consistency::Linearizable, |l| {
+                performance_op(l, event, body)
+            })
+            .await??;
+        match self.write(p, &r.request_id, op).await? {
+            Reply::PerformanceCreated { performance } => {
+                Ok(Response::new(pb::PerformanceCreated {
+                    performance_id: performance.to_string(),
+                }))
+            }
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn set_sale_status(
+        &self,
+        req: Request<pb::SetSaleStatusRequest>,
+    ) -> Result<pb::Performance> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let id: PerformanceId = parse_id(&r.performance_id, "performance")?;
+        let op = status_op(
+            id,
+            &api::UpdatePerformance {
+                status: r.status,
+                seed: non_empty(&r.seed),
+            },
+        )?;
+        self.write(p, &r.request_id, op).await?;
+        let perf = self
+            .app
+            .read(Consistency::Stale, |l| {
+                l.state()
+                    .performances
+                    .get(&id)
+                    .map(|x| performance_pb(l, x))
+            })
+            .await?;
+        perf.map(Response::new)
+            .ok_or_else(|| ApiError::not_found(format!("no performance {id}")).into())
     }
 }
