@@ -64,11 +64,31 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> io::Result<T> {
     })
 }
 
+/// Classify RocksDB's open error. RocksDB reports a held lock as an I/O error naming the
+/// `LOCK` file ("While lock file: <dir>/LOCK: Resource temporarily unavailable", or "lock hold
+/// by current process" within one process); match that file, not the word "lock", which also
+/// appears in corruption messages ("block checksum mismatch").
+fn open_error(path: &Path, text: &str) -> StoreError {
+    let names_lock_file = text.contains("/LOCK:");
+    if names_lock_file && (text.contains("While lock file") || text.contains("lock hold by")) {
+        StoreError::Locked {
+            path: path.to_path_buf(),
+        }
+    } else {
+        StoreError::Unreadable {
+            path: path.to_path_buf(),
+            detail: text.to_string(),
+        }
+    }
+}
+
 fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
 impl LogStore {
+    /// Open (or create) the RocksDB log at `path` and start its flusher thread. Prefer
+    /// [`crate::open`], which also checks the log against the snapshots.
     pub fn open(path: &Path) -> Result<LogStore, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Unreadable {
             path: path.to_path_buf(),
@@ -78,19 +98,8 @@ impl LogStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = [CF_META, CF_LOGS].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
-            let text = e.to_string();
-            if text.contains("lock") {
-                StoreError::Locked {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                StoreError::Unreadable {
-                    path: path.to_path_buf(),
-                    detail: text,
-                }
-            }
-        })?;
+        let db =
+            DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| open_error(path, e.as_ref()))?;
         let meta = db.cf_handle(CF_META).expect("created above");
         match db
             .get_cf(meta, KEY_FORMAT)
@@ -140,6 +149,18 @@ impl LogStore {
             db,
             flusher: Arc::new(flusher),
         })
+    }
+
+    /// The index the log is purged up to (inclusive), if any: the state machine's snapshot
+    /// must reach at least this far, or the entries between are lost.
+    pub fn purged_index(&self) -> Result<Option<u64>, StoreError> {
+        let purged: Option<LogId> =
+            self.meta_get(KEY_PURGED)
+                .map_err(|e| StoreError::Unreadable {
+                    path: self.db.path().to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+        Ok(purged.map(|l| l.index))
     }
 
     fn meta_get<T: DeserializeOwned>(&self, k: &[u8]) -> io::Result<Option<T>> {
@@ -296,5 +317,29 @@ impl RaftLogStorage<C> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, key(0), key(log_id.index + 1));
         self.db.write(batch).map_err(io_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_held_lock_file_is_reported_as_locked() {
+        let dir = Path::new("/data/n1/log");
+        let held = "IO error: While lock file: /data/n1/log/LOCK: Resource temporarily unavailable";
+        assert!(matches!(open_error(dir, held), StoreError::Locked { .. }));
+        let same_process = "IO error: lock hold by current process, acquire time 1700000000 \
+            acquiring thread 1: /data/n1/log/LOCK: No locks available";
+        assert!(matches!(
+            open_error(dir, same_process),
+            StoreError::Locked { .. }
+        ));
+        let corrupt = "Corruption: block checksum mismatch: stored = 1, computed = 2 in \
+            /data/n1/log/000123.sst offset 0 size 4096";
+        assert!(matches!(
+            open_error(dir, corrupt),
+            StoreError::Unreadable { .. }
+        ));
     }
 }

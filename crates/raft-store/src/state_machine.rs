@@ -28,29 +28,45 @@ struct Inner {
     current: Option<(Meta, Arc<Vec<u8>>)>,
 }
 
+/// openraft's state machine: the ledger in memory, its snapshots in files. Clones share the
+/// state (openraft's snapshot builder is a clone).
 #[derive(Clone)]
 pub struct StateMachineStore {
     inner: Arc<RwLock<Inner>>,
     dir: PathBuf,
 }
 
-/// Read access to the ledger for the node's read path.
+/// Read access to the ledger for the node's read path (cheap to clone; shares the store's
+/// lock, so it always sees the state as of the last applied batch).
 #[derive(Clone)]
 pub struct LedgerHandle {
     inner: Arc<RwLock<Inner>>,
 }
 
 impl LedgerHandle {
+    /// Run `f` on the ledger under the read lock. Keep `f` short: apply waits for it.
     pub fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
         f(&self.inner.read().expect("ledger lock poisoned").ledger)
     }
+    /// The index of the last entry applied (0 before anything was applied).
     pub fn last_applied_index(&self) -> u64 {
+        self.last_applied().unwrap_or(0)
+    }
+
+    /// The index of the last entry applied, `None` before anything was applied (index 0, the
+    /// initial membership entry, is an entry too).
+    pub fn last_applied(&self) -> Option<u64> {
         self.inner
             .read()
             .expect("ledger lock poisoned")
             .last_applied
             .as_ref()
-            .map_or(0, |l| l.index)
+            .map(|l| l.index)
+    }
+
+    /// The ledger's state hash: equal on replicas that applied the same entries.
+    pub fn state_hash(&self) -> [u8; 32] {
+        self.read(Ledger::state_hash)
     }
 }
 
@@ -130,6 +146,23 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A crash during `write_atomically` leaves its temp file behind; it was never renamed, so it
+/// was never a snapshot. Remove it so that crashes do not fill the disk.
+fn remove_partial_writes(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_temp = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".snap-") && n.ends_with(".tmp"));
+        if is_temp {
+            tracing::warn!(file = %path.display(), "removing a partly written snapshot");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 fn snapshot_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -153,6 +186,7 @@ impl StateMachineStore {
             detail,
         };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        remove_partial_writes(dir).map_err(|e| err(e.to_string()))?;
         let mut inner = Inner {
             ledger: Ledger::new(),
             last_applied: None,
@@ -182,6 +216,7 @@ impl StateMachineStore {
         })
     }
 
+    /// A read handle on the ledger for the node (reads, state hash, last applied index).
     pub fn ledger_handle(&self) -> LedgerHandle {
         LedgerHandle {
             inner: self.inner.clone(),

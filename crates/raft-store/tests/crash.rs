@@ -173,6 +173,8 @@ async fn reopen_after_drop_keeps_entries_and_state() {
     apply_all(&mut sm, entries[..120].to_vec()).await;
     sm.build_snapshot().await.unwrap();
     apply_all(&mut sm, entries[120..].to_vec()).await;
+    let committed = Some(entries.last().unwrap().log_id);
+    log.save_committed(committed).await.unwrap();
     let expected = hash(&sm);
     sm.ledger_handle().read(|l| l.check_invariants()).unwrap();
     drop((log, sm)); // no clean shutdown
@@ -180,6 +182,7 @@ async fn reopen_after_drop_keeps_entries_and_state() {
     let (mut log, mut sm) = raft_store::open(dir.path()).unwrap();
     let stored = log.try_get_log_entries(1..).await.unwrap();
     assert_eq!(stored, entries, "every flushed entry is back, in order");
+    assert_eq!(log.read_committed().await.unwrap(), committed);
     // Snapshot + replay of the log after it == never stopping.
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index), Some(120));
@@ -270,12 +273,27 @@ fn crash_child(dir: &Path) {
         .build()
         .unwrap();
     rt.block_on(async {
+        use openraft::type_config::async_runtime::Oneshot;
         let (mut log, _sm) = raft_store::open(dir).unwrap();
-        let entries = workload(200, 20_000);
-        for chunk in entries.chunks(64) {
+        let mut entries = workload(200, 20_000).into_iter().peekable();
+        // As openraft does: several appends in flight, so the flusher groups them into one
+        // sync. Batch sizes vary (1..=64); an index is printed only once its callback said
+        // flushed.
+        let mut inflight = std::collections::VecDeque::new();
+        let mut size = 1;
+        while entries.peek().is_some() {
+            let chunk: Vec<_> = entries.by_ref().take(size).collect();
+            size = size % 64 + 7;
             let last = chunk.last().unwrap().log_id.index;
-            append_flushed(&mut log, chunk.to_vec()).await;
-            println!("acked {last}");
+            let (tx, rx) =
+                <openraft::impls::TokioRuntime as openraft::AsyncRuntime>::Oneshot::channel();
+            log.append(chunk, IOFlushed::signal(tx)).await.unwrap();
+            inflight.push_back((last, rx));
+            if inflight.len() >= 8 {
+                let (last, rx) = inflight.pop_front().unwrap();
+                rx.await.unwrap().unwrap();
+                println!("acked {last}");
+            }
         }
         println!("done");
         std::thread::sleep(Duration::from_secs(60));
@@ -361,4 +379,93 @@ fn a_store_from_a_newer_format_is_refused_not_misread() {
         .map(|e| e.to_string())
         .expect("refused");
     assert!(err.contains("cannot open"), "{err}");
+}
+
+#[tokio::test]
+async fn truncate_and_purge_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = workload(20, 80);
+    assert_eq!(entries.len(), 105);
+    let (mut log, mut sm) = raft_store::open(dir.path()).unwrap();
+    append_flushed(&mut log, entries.clone()).await;
+    log.truncate_after(Some(entries[79].log_id)).await.unwrap();
+    // openraft purges only behind a snapshot; keep that order here too.
+    apply_all(&mut sm, entries[..30].to_vec()).await;
+    sm.build_snapshot().await.unwrap();
+    log.purge(entries[29].log_id).await.unwrap();
+    drop((log, sm));
+
+    let (mut log, _sm) = raft_store::open(dir.path()).unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(entries[29].log_id));
+    assert_eq!(state.last_log_id, Some(entries[79].log_id));
+    let stored = log.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(stored, entries[30..80]);
+}
+
+#[tokio::test]
+async fn a_log_purged_past_the_usable_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = workload(20, 40);
+    let (mut log, mut sm) = raft_store::open(dir.path()).unwrap();
+    append_flushed(&mut log, entries.clone()).await;
+    apply_all(&mut sm, entries[..30].to_vec()).await;
+    sm.build_snapshot().await.unwrap();
+    apply_all(&mut sm, entries[30..60].to_vec()).await;
+    sm.build_snapshot().await.unwrap();
+    log.purge(entries[59].log_id).await.unwrap();
+    drop((log, sm));
+    // Intact: opens, and the state is the snapshot at 60.
+    let (_log, sm) = raft_store::open(dir.path()).unwrap();
+    assert_eq!(sm.ledger_handle().last_applied(), Some(60));
+    drop((_log, sm));
+
+    // Damage the newest snapshot: the fallback (index 30) is behind the purged log (60).
+    let snaps = dir.path().join("snapshots");
+    let mut files: Vec<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let newest = files.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0xff;
+    std::fs::write(newest, bytes).unwrap();
+    let err = raft_store::open(dir.path()).err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            raft_store::StoreError::SnapshotBehindLog {
+                purged_index: 60,
+                snapshot_index: Some(30),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("cannot rebuild its state"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_partly_written_snapshot_is_ignored_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = workload(10, 10);
+    let (_log, mut sm) = raft_store::open(dir.path()).unwrap();
+    apply_all(&mut sm, entries.clone()).await;
+    sm.build_snapshot().await.unwrap();
+    drop((_log, sm));
+    // What a crash in the middle of write_atomically leaves: a temp file, never renamed.
+    let snaps = dir.path().join("snapshots");
+    let partial = snaps.join(".snap-00000000000000000099-0000000001.bin.tmp");
+    std::fs::write(&partial, b"TLSMSNP\n half").unwrap();
+    let (_log, sm) = raft_store::open(dir.path()).unwrap();
+    assert!(!partial.exists(), "the temp file is removed on open");
+    assert_eq!(
+        sm.ledger_handle().last_applied(),
+        Some(entries.last().unwrap().log_id.index)
+    );
 }
