@@ -284,6 +284,19 @@ impl Ledger {
                 .all(|(at, q)| *at > now && s.performances.contains_key(&q.performance)),
             "an admission outlived its TTL"
         );
+        // Each admitted entry is in the expiry index (check_room), and nothing else is: the
+        // sweep expects every entry it expires to be admitted.
+        let admitted: u64 = s
+            .performances
+            .values()
+            .filter_map(|p| p.waiting_room.as_ref())
+            .map(|r| u64::from(r.active_admissions))
+            .sum();
+        ensure!(
+            admitted == s.admission_expiry.len() as u64,
+            "{} admissions in the expiry index for {admitted} admitted entries",
+            s.admission_expiry.len()
+        );
 
         // Accounts and idempotency.
         ensure!(

@@ -848,4 +848,13 @@ fn crafted_snapshots_that_overflow_counters_are_refused_without_panicking() {
         .unwrap();
     room.entries[1].buyer = room.entries[0].buyer;
     refused("one buyer queued twice", s);
+    // An admission in the expiry index for an entry that is only waiting: restore used to
+    // accept it, and the next tick past that time panicked in the sweep.
+    let mut s = good.clone();
+    let q = QueueId {
+        performance: f.r,
+        join_index: 0,
+    };
+    s.admission_expiry.insert((s.clock_ms + 10, q));
+    refused("an admission for a waiting entry", s);
 }
