@@ -31,7 +31,9 @@ fn raft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
         election_timeout_min: cfg.heartbeat_ms * 3,
         election_timeout_max: cfg.heartbeat_ms * 6,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
-        max_in_snapshot_log_to_keep: 1_000,
+        // Keep a whole snapshot interval of log behind the snapshot: if the newest snapshot
+        // file is ever damaged, the previous one plus this log still rebuild the state.
+        max_in_snapshot_log_to_keep: cfg.snapshot_every,
         purge_batch_size: 256,
         max_payload_entries: 1_024,
         ..Default::default()
