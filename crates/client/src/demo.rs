@@ -349,7 +349,7 @@ async fn verify(
             }
         }
     }
-    let map = admin.seats(pid).await?;
+    let map = admin.seats(pid, None).await?;
     let sold_cells = map.seats.iter().filter(|s| s.state == "sold").count() as u32;
     // Wait for every node to apply the same index, then compare hashes.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -28,12 +28,42 @@ pub struct DevCluster {
     pub nodes: Vec<DevNode>,
 }
 
-/// A free loopback port (bound and released; the race with other processes is acceptable
-/// for development and tests, which retry start-up on a bind failure).
+/// A free loopback port (bound and released; another process may take it before ticketd
+/// binds it, which shows as a node that does not become healthy, with its log's bind error).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    Ok(free_ports(1)?[0])
 }
+
+/// `k` distinct free loopback ports: all are held until all are chosen, so they differ.
+pub fn free_ports(k: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..k)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// The `k` ports from `base` on, each checked free now.
+fn ports_from(base: u16, k: usize) -> anyhow::Result<Vec<u16>> {
+    (0..k)
+        .map(|i| {
+            let port = u16::try_from(base as usize + i)
+                .map_err(|_| anyhow!("--base-port {base} + {i} is past 65535"))?;
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .with_context(|| format!("port {port} (from --base-port {base}) is taken"))?;
+            Ok(port)
+        })
+        .collect()
+}
+
+/// Signals `ticketctl dev kill` may send.
+pub const SIGNALS: [&str; 4] = ["KILL", "STOP", "CONT", "TERM"];
+/// How long `down` and `signal TERM` wait for a graceful exit before KILL.
+const TERM_GRACE: Duration = Duration::from_secs(10);
+const HEALTHY_DEADLINE: Duration = Duration::from_secs(30);
+const LEADER_DEADLINE: Duration = Duration::from_secs(20);
 
 /// `ticketd` next to this executable, else `$TICKETD_BIN`, else on PATH.
 pub fn find_ticketd() -> anyhow::Result<PathBuf> {
@@ -92,17 +122,30 @@ impl DevCluster {
         Ok(Client::new([self.node(id)?.http.clone()]).with_key(self.admin_key.clone()))
     }
 
+    /// The pid of node `id`'s running process: the pid file's, and only while that process
+    /// is alive and is a ticketd on this node's data directory (a stale pid file, or a pid
+    /// reused by another program, gives `None`, so nothing else is ever signalled).
     pub fn pid(&self, id: u64) -> Option<i32> {
-        std::fs::read_to_string(pid_file(&self.dir, id))
+        let pid: i32 = std::fs::read_to_string(pid_file(&self.dir, id))
             .ok()?
             .trim()
             .parse()
-            .ok()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let data = self.dir.join(id.to_string());
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == b"--data-dir" && w[1] == data.as_os_str().as_encoded_bytes());
+        (ours && !is_zombie(pid)).then_some(pid)
     }
 
     /// Start (or restart) one node's process on its data directory.
     pub fn start(&self, id: u64) -> anyhow::Result<i32> {
         let node = self.node(id)?;
+        if let Some(pid) = self.pid(id) {
+            bail!("node {id} is already running (pid {pid})");
+        }
         let data = self.dir.join(id.to_string());
         std::fs::create_dir_all(&data)?;
         let log = std::fs::OpenOptions::new()
@@ -130,28 +173,38 @@ impl DevCluster {
         Ok(pid)
     }
 
-    /// Send a signal (`KILL`, `STOP`, `CONT`, `TERM`) to one node by its pid file.
+    /// Send a signal (`KILL`, `STOP`, `CONT` or `TERM`, any case, `SIG` prefix allowed) to
+    /// one node by its pid file. After KILL and TERM, waits for the process to exit (TERM:
+    /// up to 10 s, then KILL) and removes the pid file.
     pub fn signal(&self, id: u64, signal: &str) -> anyhow::Result<()> {
+        self.node(id)?;
+        let upper = signal.to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        if !SIGNALS.contains(&name) {
+            bail!("--signal must be one of KILL, STOP, CONT, TERM, not {signal:?}");
+        }
         let pid = self
             .pid(id)
-            .ok_or_else(|| anyhow!("node {id} has no pid file"))?;
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed (is node {id} running?)");
+            .ok_or_else(|| anyhow!("node {id} is not running (no live ticketd in its pid file)"))?;
+        send_signal(pid, name)?;
+        match name {
+            "KILL" => {
+                wait_exit(pid, Duration::from_secs(5));
+            }
+            "TERM" => {
+                if !wait_exit(pid, TERM_GRACE) {
+                    send_signal(pid, "KILL")?;
+                    wait_exit(pid, Duration::from_secs(5));
+                }
+            }
+            _ => return Ok(()),
         }
-        if signal == "KILL" || signal == "9" {
-            wait_exit(pid, Duration::from_secs(5));
-            let _ = std::fs::remove_file(pid_file(&self.dir, id));
-        }
+        let _ = std::fs::remove_file(pid_file(&self.dir, id));
         Ok(())
     }
 
     pub fn alive(&self, id: u64) -> bool {
-        self.pid(id)
-            .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(p))
+        self.pid(id).is_some()
     }
 
     /// Wait until a node answers /healthz, or fail with the tail of its log.
@@ -201,29 +254,38 @@ impl DevCluster {
         }
     }
 
-    /// Start N nodes, initialize the cluster on node 1, add the others as learners and
-    /// promote them. Returns once every node is a voter and a leader is known.
+    /// Start N nodes on free ports, initialize the cluster on node 1, add the others as
+    /// learners and promote them. Returns once every node is a voter and a leader is known.
     pub async fn up(dir: &Path, n: u64, extra_args: Vec<String>) -> anyhow::Result<DevCluster> {
+        DevCluster::up_with(dir, n, None, extra_args).await
+    }
+
+    /// [`DevCluster::up`] with node `i` (from 1) on HTTP port `base + 2(i-1)` and gRPC port
+    /// `base + 2(i-1) + 1` when `base_port` is given.
+    pub async fn up_with(
+        dir: &Path,
+        n: u64,
+        base_port: Option<u16>,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<DevCluster> {
         if !(1..=9).contains(&n) {
             bail!("--nodes must be 1..=9");
         }
+        refuse_old_cluster(dir, n)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        if dir.join("cluster.json").exists() {
-            bail!(
-                "{} already holds a dev cluster; run `ticketctl dev down --dir {}` or pick another --dir",
-                dir.display(),
-                dir.display()
-            );
-        }
-        let mut nodes = Vec::new();
-        for id in 1..=n {
-            nodes.push(DevNode {
+        let ports = match base_port {
+            Some(base) => ports_from(base, 2 * n as usize)?,
+            None => free_ports(2 * n as usize)?,
+        };
+        let nodes = (1..=n)
+            .zip(ports.chunks(2))
+            .map(|(id, p)| DevNode {
                 id,
-                http: format!("127.0.0.1:{}", free_port()?),
-                grpc: format!("127.0.0.1:{}", free_port()?),
+                http: format!("127.0.0.1:{}", p[0]),
+                grpc: format!("127.0.0.1:{}", p[1]),
                 extra_args: extra_args.clone(),
-            });
-        }
+            })
+            .collect();
         let cluster = DevCluster {
             dir: dir.canonicalize()?,
             ticketd: find_ticketd()?,
@@ -231,49 +293,63 @@ impl DevCluster {
             nodes,
         };
         cluster.save()?;
-        for node in &cluster.nodes {
-            cluster.start(node.id)?;
+        match cluster.bootstrap().await {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                // Leave no orphan processes behind a failed start; keep the logs.
+                cluster.kill_all();
+                let _ = std::fs::remove_file(cluster.dir.join("cluster.json"));
+                Err(e.context(format!(
+                    "the dev cluster did not start; logs are in {}/<id>/ticketd.log (remove {} before retrying)",
+                    cluster.dir.display(),
+                    cluster.dir.display()
+                )))
+            }
         }
-        for node in &cluster.nodes {
-            cluster
-                .wait_healthy(node.id, Duration::from_secs(30))
-                .await?;
+    }
+
+    async fn bootstrap(&self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            self.start(node.id)?;
         }
-        let first = cluster
-            .node_client(1)?
-            .with_deadline(Duration::from_secs(20));
+        for node in &self.nodes {
+            self.wait_healthy(node.id, HEALTHY_DEADLINE).await?;
+        }
+        let first = self.node_client(1)?.with_deadline(LEADER_DEADLINE);
         first
-            .init(&cluster.admin_key)
+            .init(&self.admin_key)
             .await
             .context("initializing the cluster on node 1")?;
-        for node in cluster.nodes.iter().skip(1) {
+        self.wait_leader(LEADER_DEADLINE).await?;
+        for node in self.nodes.iter().skip(1) {
             first
                 .add_learner(node.id, &node.grpc, &node.http)
                 .await
                 .with_context(|| format!("adding node {} as a learner", node.id))?;
         }
-        if n > 1 {
+        if self.nodes.len() > 1 {
             first
-                .change_membership((1..=n).collect())
+                .change_membership(self.nodes.iter().map(|n| n.id).collect())
                 .await
-                .context("promoting the learners")?;
+                .context("promoting the learners to voters")?;
         }
-        cluster.wait_leader(Duration::from_secs(20)).await?;
-        Ok(cluster)
+        self.wait_leader(LEADER_DEADLINE).await?;
+        Ok(())
     }
 
     /// Add a node to a running dev cluster as a learner (it is not promoted).
     pub async fn add_node(&mut self, extra_args: Vec<String>) -> anyhow::Result<u64> {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let ports = free_ports(2)?;
         self.nodes.push(DevNode {
             id,
-            http: format!("127.0.0.1:{}", free_port()?),
-            grpc: format!("127.0.0.1:{}", free_port()?),
+            http: format!("127.0.0.1:{}", ports[0]),
+            grpc: format!("127.0.0.1:{}", ports[1]),
             extra_args,
         });
         self.save()?;
         self.start(id)?;
-        self.wait_healthy(id, Duration::from_secs(30)).await?;
+        self.wait_healthy(id, HEALTHY_DEADLINE).await?;
         let node = self.node(id)?.clone();
         self.client()
             .with_deadline(Duration::from_secs(60))
@@ -282,35 +358,89 @@ impl DevCluster {
         Ok(id)
     }
 
-    /// TERM every node, wait, then KILL what is left; remove pid files.
-    pub fn down(&self) -> anyhow::Result<()> {
-        for n in &self.nodes {
-            if let Some(pid) = self.pid(n.id) {
-                let _ = Command::new("kill")
-                    .arg("-CONT")
-                    .arg(pid.to_string())
-                    .status();
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
-            }
+    /// TERM every node (CONT first, so a paused one can exit), wait up to 10 s, then KILL
+    /// what is left; remove the pid files. Data, logs and `cluster.json` stay, so `start`
+    /// brings the same cluster back; `purge` removes the whole directory instead.
+    pub fn down(&self, purge: bool) -> anyhow::Result<()> {
+        let running: Vec<(u64, i32)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.id, self.pid(n.id)?)))
+            .collect();
+        for (_, pid) in &running {
+            let _ = send_signal(*pid, "CONT");
+            let _ = send_signal(*pid, "TERM");
         }
-        for n in &self.nodes {
-            if let Some(pid) = self.pid(n.id) {
-                if !wait_exit(pid, Duration::from_secs(10)) {
-                    let _ = Command::new("kill")
-                        .arg("-KILL")
-                        .arg(pid.to_string())
-                        .status();
-                    wait_exit(pid, Duration::from_secs(5));
+        let deadline = Instant::now() + TERM_GRACE;
+        for (id, pid) in &running {
+            if !wait_exit(*pid, deadline.saturating_duration_since(Instant::now())) {
+                send_signal(*pid, "KILL")?;
+                if !wait_exit(*pid, Duration::from_secs(5)) {
+                    bail!("node {id} (pid {pid}) did not exit after KILL");
                 }
-                let _ = std::fs::remove_file(pid_file(&self.dir, n.id));
             }
         }
-        let _ = std::fs::remove_file(self.dir.join("cluster.json"));
+        for n in &self.nodes {
+            let _ = std::fs::remove_file(pid_file(&self.dir, n.id));
+        }
+        if purge {
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+        }
         Ok(())
     }
+
+    /// KILL every running node at once (tests, failed start-up).
+    pub fn kill_all(&self) {
+        for n in &self.nodes {
+            if let Some(pid) = self.pid(n.id) {
+                let _ = send_signal(pid, "KILL");
+            }
+        }
+    }
+}
+
+/// Refuse to start over an earlier cluster's data: a new cluster on old Raft state would not
+/// initialize, and the old data may matter to someone.
+fn refuse_old_cluster(dir: &Path, n: u64) -> anyhow::Result<()> {
+    let hint = format!(
+        "`ticketctl dev start --dir {d}` restarts it; `ticketctl dev down --dir {d} --purge` or another --dir gives a fresh one",
+        d = dir.display()
+    );
+    if dir.join("cluster.json").exists() {
+        bail!("{} already holds a dev cluster: {hint}", dir.display());
+    }
+    for id in 1..=n {
+        let data = dir.join(id.to_string());
+        let Ok(entries) = std::fs::read_dir(&data) else {
+            continue;
+        };
+        let old = entries.flatten().any(|e| {
+            let name = e.file_name();
+            name != "ticketd.log" && name != "ticketd.pid"
+        });
+        if old {
+            bail!(
+                "{} holds a node's data from an earlier cluster: {hint}",
+                data.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `kill -<name> <pid>` through the `kill` program: no unsafe code for one syscall.
+fn send_signal(pid: i32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .context("running `kill`")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed (has the process exited?)");
+    }
+    Ok(())
 }
 
 fn is_zombie(pid: i32) -> bool {
@@ -336,18 +466,11 @@ fn wait_exit(pid: i32, deadline: Duration) -> bool {
     false
 }
 
-/// Kills a test's cluster when dropped, whatever happened.
+/// Kills a test's cluster by pid when dropped, whatever happened (a panic included).
 pub struct Guard(pub DevCluster);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        for n in &self.0.nodes {
-            if let Some(pid) = self.0.pid(n.id) {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
+        self.0.kill_all();
     }
 }

@@ -3,14 +3,21 @@
 //! A typed Rust client for ticketledger's HTTP API v1 (docs/http-api.md), and the local
 //! development cluster ([`dev`]) that `ticketctl dev` and the multi-node tests use.
 //!
-//! The client is leader-agnostic: give it every node's URL. On a connection error, a timeout
-//! or a 503 it tries the next node, honouring `Retry-After`, until its deadline; every
-//! mutating call carries one `Idempotency-Key` for all its attempts, so a retry after an
-//! unknown outcome is applied once.
+//! The client is leader-agnostic: give it every node's URL (any node accepts any call; a
+//! follower forwards writes to the leader). A call fails over to the next node on a connection
+//! error, a timeout, or a 502/503/504, and waits on 429; it honours `Retry-After` (that node
+//! is not asked again before it), backs off exponentially with jitter, and gives up at the
+//! call's overall deadline ([`Client::with_deadline`]). Every mutating call carries one
+//! `Idempotency-Key` (128 random bits in hex) for all its attempts, so a retry after an
+//! unknown outcome is applied once, and a retry of an applied call returns the first outcome.
+//! A 4xx is the cluster's answer and is returned at once as [`Error::Api`] with its
+//! [`api::Problem`] (status, stable `code`, `detail`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), client::Error> {
-//! let c = client::Client::new(["http://127.0.0.1:8080", "http://127.0.0.1:8081"]).with_key("buyer-key");
+//! let c = client::Client::new(["http://127.0.0.1:8080", "127.0.0.1:8081"])
+//!     .with_key("buyer-key")
+//!     .with_deadline(std::time::Duration::from_secs(10));
 //! let hold = c
 //!     .hold(&api::CreateHold {
 //!         performance_id: "p_4".into(),
@@ -19,8 +26,12 @@
 //!         quantity: None,
 //!         category: None,
 //!     })
-//!     .await?;
-//! println!("{} until {}", hold.hold_id, hold.expires_at);
+//!     .await;
+//! match hold {
+//!     Ok(h) => println!("{} until {}", h.hold_id, h.expires_at),
+//!     Err(e) if e.code() == Some("seat_unavailable") => println!("taken, pick another seat"),
+//!     Err(e) => return Err(e),
+//! }
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
@@ -28,36 +39,64 @@
 pub mod demo;
 pub mod dev;
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Default overall deadline of one call, over all its attempts.
+pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(15);
+/// Default timeout of one attempt against one node (ticketd answers 503 after its own request
+/// timeout, 5 s by default, so this leaves room for that answer to arrive).
+pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(6);
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A `Retry-After` longer than this is treated as this (the deadline bounds it anyway).
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
+/// How much of an unparseable error body is kept in [`api::Problem::detail`].
+const DETAIL_CHARS_MAX: usize = 300;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The cluster answered with a problem (4xx, or a 5xx after every retry).
+    /// The cluster answered with a problem: a 4xx, or a 5xx that is not retried (or the last
+    /// 503 when it was the answer at the deadline is reported as [`Error::Unavailable`]).
     #[error("{} {}: {}", .problem.status, .problem.code, .problem.detail)]
-    Api { problem: api::Problem },
-    /// No node answered within the deadline.
-    #[error("no node answered within {deadline:?}: {last}")]
-    Unavailable { deadline: Duration, last: String },
+    Api { problem: Box<api::Problem> },
+    /// No node gave an answer within the deadline; `last` says what the last attempt got.
+    #[error("no node answered within {deadline:?} ({attempts} attempts); last: {last}")]
+    Unavailable {
+        deadline: Duration,
+        attempts: u32,
+        last: String,
+    },
+    /// A success response whose body is not what the contract says.
     #[error("unexpected response: {0}")]
     Decode(String),
 }
 
 impl Error {
-    /// The problem's stable code, if the cluster answered.
+    /// The problem's stable code (`seat_unavailable`, `hold_expired`, …), if the cluster answered.
     pub fn code(&self) -> Option<&str> {
         match self {
             Error::Api { problem } => Some(&problem.code),
             _ => None,
         }
     }
+
+    /// The HTTP status, if the cluster answered.
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Api { problem } => Some(problem.status),
+            _ => None,
+        }
+    }
+
+    /// The whole problem, if the cluster answered.
+    pub fn problem(&self) -> Option<&api::Problem> {
+        match self {
+            Error::Api { problem } => Some(problem),
             _ => None,
         }
     }
@@ -65,66 +104,159 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Read consistency of the catalog reads that offer a choice (venues, events, performances,
+/// seat maps). Holds, bookings and cluster status are always linearizable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Read index through the leader: sees every write acknowledged before the call.
+    #[default]
+    Linearizable,
+    /// Served from the answering node's state; may lag, never blocks on the leader.
+    Stale,
+}
+
+/// Filters of `GET /v1/events`.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    pub category: Option<String>,
+    /// Case-insensitive substring of the name or description.
+    pub q: Option<String>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// A leader-agnostic client of a ticketledger cluster. Cheap to clone (clones share the
+/// connection pool and the remembered node that last answered).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    nodes: Arc<Vec<String>>,
+    nodes: Arc<Vec<Url>>,
     key: Option<String>,
     deadline: Duration,
     attempt_timeout: Duration,
+    consistency: Consistency,
+    /// The node that answered last: calls start there (usually the leader, which saves a
+    /// forwarding hop), and move on from there on failure.
     preferred: Arc<AtomicUsize>,
 }
 
-/// A fresh idempotency key: 128 random bits in hex.
+/// A fresh idempotency key: 128 random bits as 32 lowercase hex digits.
 pub fn new_idempotency_key() -> String {
-    rand::random::<u128>().to_string()
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// One logical call: its attempts share everything here, the idempotency key included.
+struct Call<'a> {
+    method: Method,
+    path: &'a str,
+    query: Vec<(&'static str, String)>,
+    body: Option<(Vec<u8>, &'static str)>,
+    idempotency_key: Option<String>,
+}
+
+/// What one attempt got, as far as retrying is concerned.
+enum Attempt {
+    Done(Vec<u8>),
+    Answer(Box<api::Problem>),
+    /// Try another node; this one not before `retry_after` (if the server said so).
+    Retry {
+        why: String,
+        retry_after: Option<Duration>,
+        every_node: bool,
+    },
 }
 
 impl Client {
+    /// A client of the nodes at these base URLs (`http://host:port`; a bare `host:port` is
+    /// taken as `http://`). Panics on an empty list or a URL that does not parse: they are
+    /// configuration, checked once at start-up.
     pub fn new<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Client {
-        let nodes: Vec<String> = nodes
-            .into_iter()
-            .map(|n| {
-                let n: String = n.into();
-                let n = n.trim_end_matches('/').to_string();
-                if n.starts_with("http://") || n.starts_with("https://") {
-                    n
-                } else {
-                    format!("http://{n}")
-                }
-            })
-            .collect();
-        assert!(!nodes.is_empty(), "a client needs at least one node URL");
-        Client {
+        Client::try_new(nodes).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Client::new`] that reports bad URLs instead of panicking (for CLI input).
+    pub fn try_new<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
+    ) -> std::result::Result<Client, String> {
+        let mut urls = Vec::new();
+        for n in nodes {
+            let n: String = n.into();
+            let n = n.trim().trim_end_matches('/');
+            if n.is_empty() {
+                continue;
+            }
+            let full = if n.contains("://") {
+                n.to_string()
+            } else {
+                format!("http://{n}")
+            };
+            let url = Url::parse(&full).map_err(|e| format!("bad node URL {n:?}: {e}"))?;
+            urls.push(url);
+        }
+        if urls.is_empty() {
+            return Err("a client needs at least one node URL".into());
+        }
+        Ok(Client {
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()
-                .expect("HTTP client"),
-            nodes: Arc::new(nodes),
+                .map_err(|e| format!("building the HTTP client: {e}"))?,
+            nodes: Arc::new(urls),
             key: None,
-            deadline: Duration::from_secs(15),
-            attempt_timeout: Duration::from_secs(6),
+            deadline: DEADLINE_DEFAULT,
+            attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
+            consistency: Consistency::Linearizable,
             preferred: Arc::new(AtomicUsize::new(0)),
-        }
+        })
     }
 
+    /// The bearer API key sent with every call.
     pub fn with_key(mut self, key: impl Into<String>) -> Client {
         self.key = Some(key.into());
         self
     }
 
-    /// Overall deadline of one call, over all its attempts.
+    /// Overall deadline of one call, over all its attempts and waits.
     pub fn with_deadline(mut self, deadline: Duration) -> Client {
         self.deadline = deadline;
         self.attempt_timeout = self.attempt_timeout.min(deadline);
         self
     }
 
-    pub fn nodes(&self) -> &[String] {
-        &self.nodes
+    /// Timeout of one attempt against one node, after which the next node is tried.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Client {
+        self.attempt_timeout = timeout;
+        self
     }
 
-    /// One attempt against one node, no retries: for tests that probe a specific node.
+    /// Consistency of catalog reads (see [`Consistency`]).
+    pub fn with_consistency(mut self, consistency: Consistency) -> Client {
+        self.consistency = consistency;
+        self
+    }
+
+    /// The node base URLs, in the order given.
+    pub fn nodes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+            .collect()
+    }
+
+    fn url(&self, node: usize, path: &str, query: &[(&'static str, String)]) -> Url {
+        let mut url = self.nodes[node].clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}{path}"));
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    /// One attempt against one node (index into [`Client::nodes`]), no retries, any status:
+    /// for tests and tools that probe a specific node.
     pub async fn raw(
         &self,
         node: usize,
@@ -134,7 +266,7 @@ impl Client {
     ) -> Result<(StatusCode, Vec<u8>)> {
         let mut req = self
             .http
-            .request(method, format!("{}{path}", self.nodes[node]))
+            .request(method, self.url(node, path, &[]))
             .timeout(self.attempt_timeout);
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
@@ -142,199 +274,372 @@ impl Client {
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
-        let resp = req.send().await.map_err(|e| Error::Unavailable {
+        let unavailable = |e: reqwest::Error| Error::Unavailable {
             deadline: self.attempt_timeout,
-            last: e.to_string(),
-        })?;
+            attempts: 1,
+            last: error_chain(&e),
+        };
+        let resp = req.send().await.map_err(unavailable)?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::Decode(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(unavailable)?;
         Ok((status, bytes.to_vec()))
     }
 
-    /// Send with retries across nodes. Mutating calls get one idempotency key for all attempts.
+    /// A JSON call with retries across nodes. Mutating methods get a fresh idempotency key,
+    /// shared by all attempts.
     pub async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
-        let bytes = self
-            .send_bytes(
-                method,
-                path,
-                body.map(|b| serde_json::to_vec(b).expect("request serializes")),
-            )
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{path}: {e}")))
+        let key = (method != Method::GET).then(new_idempotency_key);
+        self.send_keyed(method, path, body, key).await
     }
 
-    pub async fn send_bytes(
+    /// [`Client::send`] with the caller's idempotency key (`None` for none): a service that
+    /// must survive its own restart keeps the key with its work and reuses it.
+    pub async fn send_keyed<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Vec<u8>> {
-        let idempotency_key = (method != Method::GET).then(new_idempotency_key);
+        body: Option<&B>,
+        idempotency_key: Option<String>,
+    ) -> Result<T> {
+        let body = body.map(|b| {
+            (
+                serde_json::to_vec(b).expect("request types serialize"),
+                "application/json",
+            )
+        });
+        let bytes = self
+            .execute(Call {
+                method,
+                path,
+                query: Vec::new(),
+                body,
+                idempotency_key,
+            })
+            .await?;
+        decode(path, &bytes)
+    }
+
+    /// Run one logical call: attempts across nodes until an answer or the deadline.
+    async fn execute(&self, call: Call<'_>) -> Result<Vec<u8>> {
         let start = Instant::now();
-        let mut backoff = Duration::from_millis(50);
-        let mut last = String::from("no attempt");
         let n = self.nodes.len();
+        // When each node may be asked again (Retry-After or backoff).
+        let mut not_before = vec![start; n];
+        let mut backoff = BACKOFF_FIRST;
+        let mut attempts = 0u32;
+        let mut last = String::from("no attempt made");
         let mut node = self.preferred.load(Ordering::Relaxed) % n;
-        while start.elapsed() < self.deadline {
-            let mut req = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.nodes[node]))
-                .timeout(
-                    self.attempt_timeout.min(
-                        self.deadline
-                            .saturating_sub(start.elapsed())
-                            .max(Duration::from_millis(50)),
-                    ),
-                );
-            if let Some(k) = &self.key {
-                req = req.bearer_auth(k);
+        loop {
+            let now = Instant::now();
+            let left = self.deadline.saturating_sub(now - start);
+            if left.is_zero() {
+                break;
             }
-            if let Some(k) = &idempotency_key {
-                req = req.header(api::IDEMPOTENCY_KEY_HEADER, k);
-            }
-            if let Some(b) = &body {
-                req = req
-                    .header("content-type", "application/json")
-                    .body(b.clone());
-            }
-            let mut wait = backoff;
-            match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    let bytes = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| Error::Decode(e.to_string()))?;
-                    if status.is_success() {
-                        self.preferred.store(node, Ordering::Relaxed);
-                        return Ok(bytes.to_vec());
-                    }
-                    let problem: api::Problem =
-                        serde_json::from_slice(&bytes).unwrap_or_else(|_| api::Problem {
-                            type_: "about:blank".into(),
-                            title: status.to_string(),
-                            status: status.as_u16(),
-                            detail: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                            code: "http_error".into(),
-                            instance: None,
-                        });
-                    if status != StatusCode::SERVICE_UNAVAILABLE
-                        && status != StatusCode::TOO_MANY_REQUESTS
-                    {
-                        return Err(Error::Api { problem });
-                    }
-                    if let Some(s) = retry_after {
-                        wait = wait.max(Duration::from_millis(s.min(5) * 1000 / 4));
-                    }
-                    last = format!("{} {}: {}", problem.status, problem.code, problem.detail);
+            // The first node, from `node` on, that may be asked now; else wait for the earliest.
+            let ready = (0..n)
+                .map(|i| (node + i) % n)
+                .find(|i| not_before[*i] <= now);
+            let Some(ready) = ready else {
+                let earliest = not_before.iter().min().copied().unwrap_or(now);
+                tokio::time::sleep((earliest - now).min(left)).await;
+                continue;
+            };
+            node = ready;
+            attempts += 1;
+            match self.attempt(node, &call, left).await {
+                Attempt::Done(bytes) => {
+                    self.preferred.store(node, Ordering::Relaxed);
+                    return Ok(bytes);
                 }
-                Err(e) => last = format!("{}: {e}", self.nodes[node]),
+                Attempt::Answer(problem) => return Err(Error::Api { problem }),
+                Attempt::Retry {
+                    why,
+                    retry_after,
+                    every_node,
+                } => {
+                    last = format!("{}: {why}", self.nodes[node].as_str().trim_end_matches('/'));
+                    let wait = retry_after
+                        .map(|r| r.min(RETRY_AFTER_MAX))
+                        .unwrap_or(Duration::ZERO)
+                        .max(jitter(backoff));
+                    let until = Instant::now() + wait;
+                    if every_node {
+                        not_before.iter_mut().for_each(|t| *t = (*t).max(until));
+                    } else {
+                        not_before[node] = until;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    node = (node + 1) % n;
+                }
             }
-            node = (node + 1) % n;
-            let left = self.deadline.saturating_sub(start.elapsed());
-            tokio::time::sleep(wait.min(left)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(800));
         }
         Err(Error::Unavailable {
             deadline: self.deadline,
+            attempts,
             last,
         })
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send::<(), T>(Method::GET, path, None).await
+    async fn attempt(&self, node: usize, call: &Call<'_>, left: Duration) -> Attempt {
+        let timeout = self.attempt_timeout.min(left).max(Duration::from_millis(1));
+        let mut req = self
+            .http
+            .request(call.method.clone(), self.url(node, call.path, &call.query))
+            .timeout(timeout);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(k) = &call.idempotency_key {
+            req = req.header(api::IDEMPOTENCY_KEY_HEADER, k);
+        }
+        if let Some((b, content_type)) = &call.body {
+            req = req.header("content-type", *content_type).body(b.clone());
+        }
+        let transport = |e: reqwest::Error| Attempt::Retry {
+            why: error_chain(&e),
+            retry_after: None,
+            every_node: false,
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return transport(e),
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // A body cut off by a dying node is as unknown an outcome as no answer at all.
+        let bytes = match resp.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(e) => return transport(e),
+        };
+        if status.is_success() {
+            return Attempt::Done(bytes);
+        }
+        let problem = problem_of(status, &bytes);
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::GATEWAY_TIMEOUT => Attempt::Retry {
+                why: format!("{} {}: {}", problem.status, problem.code, problem.detail),
+                retry_after,
+                every_node: false,
+            },
+            // A rate limit is the cluster's, not one node's: wait before asking anyone.
+            StatusCode::TOO_MANY_REQUESTS => Attempt::Retry {
+                why: format!("{} {}: {}", problem.status, problem.code, problem.detail),
+                retry_after,
+                every_node: true,
+            },
+            _ => Attempt::Answer(Box::new(problem)),
+        }
     }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.get_query(path, Vec::new()).await
+    }
+
+    async fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: Vec<(&'static str, String)>,
+    ) -> Result<T> {
+        let bytes = self
+            .execute(Call {
+                method: Method::GET,
+                path,
+                query,
+                body: None,
+                idempotency_key: None,
+            })
+            .await?;
+        decode(path, &bytes)
+    }
+
+    /// A catalog read, with `?consistency=stale` when the client asks for it.
+    async fn get_catalog<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        mut query: Vec<(&'static str, String)>,
+    ) -> Result<T> {
+        if self.consistency == Consistency::Stale {
+            query.push(("consistency", "stale".into()));
+        }
+        self.get_query(path, query).await
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         self.send(Method::POST, path, Some(body)).await
     }
 
-    // ------------------------------------------------------------ cluster
+    // ------------------------------------------------------------ health
 
-    pub async fn init(&self, admin_key: &str) -> Result<api::ClusterStatus> {
-        self.post(
-            "/v1/cluster/init",
-            &api::InitCluster {
-                admin_key: admin_key.into(),
-            },
-        )
-        .await
+    /// `GET /healthz` of every node, in order: whether it answered 200.
+    pub async fn health(&self) -> Vec<bool> {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            out.push(matches!(
+                self.raw(i, Method::GET, "/healthz", None).await,
+                Ok((s, _)) if s.is_success()
+            ));
+        }
+        out
     }
+
+    /// `GET /readyz` of every node, in order: whether it has a leader and has caught up.
+    pub async fn ready(&self) -> Vec<bool> {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            out.push(matches!(
+                self.raw(i, Method::GET, "/readyz", None).await,
+                Ok((s, _)) if s.is_success()
+            ));
+        }
+        out
+    }
+
+    /// `GET /metrics` (Prometheus text) of the first node that answers.
+    pub async fn metrics(&self) -> Result<String> {
+        let bytes = self
+            .execute(Call {
+                method: Method::GET,
+                path: "/metrics",
+                query: Vec::new(),
+                body: None,
+                idempotency_key: None,
+            })
+            .await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    // ------------------------------------------------------------ cluster (operator)
+
+    /// `POST /v1/cluster/init`: create the cluster on the node(s) given, with the bootstrap
+    /// operator key (≥ 16 characters). Allowed once.
+    pub async fn init(&self, admin_key: &str) -> Result<api::ClusterStatus> {
+        let body = api::InitCluster {
+            admin_key: admin_key.into(),
+        };
+        self.post("/v1/cluster/init", &body).await
+    }
+
     pub async fn status(&self) -> Result<api::ClusterStatus> {
         self.get("/v1/cluster/status").await
     }
+
+    /// `POST /v1/cluster/learners`: returns once the learner has caught up.
     pub async fn add_learner(
         &self,
         node_id: u64,
         grpc_addr: &str,
         http_addr: &str,
     ) -> Result<api::ClusterStatus> {
-        self.post(
-            "/v1/cluster/learners",
-            &api::AddLearner {
-                node_id,
-                grpc_addr: grpc_addr.into(),
-                http_addr: http_addr.into(),
-            },
-        )
-        .await
+        let body = api::AddLearner {
+            node_id,
+            grpc_addr: grpc_addr.into(),
+            http_addr: http_addr.into(),
+        };
+        self.post("/v1/cluster/learners", &body).await
     }
+
+    /// `POST /v1/cluster/membership`: `voters` is the complete set of voters after the change.
     pub async fn change_membership(&self, voters: Vec<u64>) -> Result<api::ClusterStatus> {
         self.post("/v1/cluster/membership", &api::ChangeMembership { voters })
             .await
     }
+
     pub async fn transfer_leader(&self, to: u64) -> Result<api::ClusterStatus> {
         self.post("/v1/cluster/transfer-leader", &api::TransferLeader { to })
             .await
     }
+
     pub async fn snapshot(&self) -> Result<api::SnapshotTaken> {
         self.post("/v1/cluster/snapshot", &serde_json::json!({}))
             .await
     }
+
+    /// `GET /v1/cluster/backup`: the ledger snapshot bytes.
     pub async fn backup(&self) -> Result<Vec<u8>> {
-        self.send_bytes(Method::GET, "/v1/cluster/backup", None)
-            .await
+        self.execute(Call {
+            method: Method::GET,
+            path: "/v1/cluster/backup",
+            query: Vec::new(),
+            body: None,
+            idempotency_key: None,
+        })
+        .await
     }
 
-    /// Restore a backup into a cluster with no catalog yet (sent to each node until the
-    /// leader takes it).
+    /// `POST /v1/cluster/restore`: a backup into a cluster with no catalog yet. Followers
+    /// answer 503, so the call moves on until the leader takes it.
     pub async fn restore(&self, backup: Vec<u8>) -> Result<api::ClusterStatus> {
         let bytes = self
-            .send_bytes(Method::POST, "/v1/cluster/restore", Some(backup))
+            .execute(Call {
+                method: Method::POST,
+                path: "/v1/cluster/restore",
+                query: Vec::new(),
+                body: Some((backup, "application/octet-stream")),
+                idempotency_key: Some(new_idempotency_key()),
+            })
             .await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+        decode("/v1/cluster/restore", &bytes)
     }
 
     // ------------------------------------------------------------ catalog
 
+    /// `POST /v1/api-keys`: `role` is `buyer`, `organizer`, `service` or `operator`.
     pub async fn create_api_key(&self, name: &str, role: &str) -> Result<api::ApiKeyCreated> {
-        self.post(
-            "/v1/api-keys",
-            &api::CreateApiKey {
-                name: name.into(),
-                role: role.into(),
-            },
-        )
-        .await
+        let body = api::CreateApiKey {
+            name: name.into(),
+            role: role.into(),
+        };
+        self.post("/v1/api-keys", &body).await
     }
+
     pub async fn create_venue(&self, v: &api::CreateVenue) -> Result<api::VenueCreated> {
         self.post("/v1/venues", v).await
     }
+
+    pub async fn venue(&self, id: &str) -> Result<api::Venue> {
+        self.get_catalog(&format!("/v1/venues/{id}"), Vec::new())
+            .await
+    }
+
     pub async fn create_event(&self, e: &api::CreateEvent) -> Result<api::EventCreated> {
         self.post("/v1/events", e).await
     }
+
+    pub async fn event(&self, id: &str) -> Result<api::Event> {
+        self.get_catalog(&format!("/v1/events/{id}"), Vec::new())
+            .await
+    }
+
+    /// One page of `GET /v1/events`; pass `next` back as `after` for the following page.
+    pub async fn events(&self, q: &EventQuery) -> Result<api::EventList> {
+        let mut query = Vec::new();
+        if let Some(c) = &q.category {
+            query.push(("category", c.clone()));
+        }
+        if let Some(s) = &q.q {
+            query.push(("q", s.clone()));
+        }
+        if let Some(a) = &q.after {
+            query.push(("after", a.clone()));
+        }
+        if let Some(l) = q.limit {
+            query.push(("limit", l.to_string()));
+        }
+        self.get_catalog("/v1/events", query).await
+    }
+
     pub async fn create_performance(
         &self,
         event_id: &str,
@@ -343,6 +648,8 @@ impl Client {
         self.post(&format!("/v1/events/{event_id}/performances"), p)
             .await
     }
+
+    /// `PATCH /v1/performances/{id}`: open (`on_sale`), pause, close or cancel a sale.
     pub async fn update_performance(
         &self,
         id: &str,
@@ -351,65 +658,150 @@ impl Client {
         self.send(Method::PATCH, &format!("/v1/performances/{id}"), Some(u))
             .await
     }
+
     pub async fn performance(&self, id: &str) -> Result<api::Performance> {
-        self.get(&format!("/v1/performances/{id}")).await
+        self.get_catalog(&format!("/v1/performances/{id}"), Vec::new())
+            .await
     }
-    pub async fn seats(&self, id: &str) -> Result<api::SeatMap> {
-        self.get(&format!("/v1/performances/{id}/seats")).await
+
+    /// The seat map of a performance, or of one section of it.
+    pub async fn seats(&self, id: &str, section: Option<&str>) -> Result<api::SeatMap> {
+        let query = section
+            .map(|s| vec![("section", s.to_string())])
+            .unwrap_or_default();
+        self.get_catalog(&format!("/v1/performances/{id}/seats"), query)
+            .await
     }
 
     // ------------------------------------------------------------ on-sale
 
+    /// `POST /v1/holds`; a seat someone else holds is [`Error::Api`] `seat_unavailable` (409).
     pub async fn hold(&self, h: &api::CreateHold) -> Result<api::Hold> {
         self.post("/v1/holds", h).await
     }
+
     pub async fn get_hold(&self, id: &str) -> Result<api::Hold> {
         self.get(&format!("/v1/holds/{id}")).await
     }
+
+    /// `DELETE /v1/holds/{id}` (idempotent).
     pub async fn release(&self, id: &str) -> Result<api::Hold> {
         self.send::<(), _>(Method::DELETE, &format!("/v1/holds/{id}"), None)
             .await
     }
+
+    /// Extend a hold into its payment grace period.
     pub async fn extend(&self, id: &str, payment_ref: &str) -> Result<api::Hold> {
-        self.post(
-            &format!("/v1/holds/{id}/extend"),
-            &api::ExtendHold {
-                payment_ref: payment_ref.into(),
-            },
-        )
-        .await
+        let body = api::ExtendHold {
+            payment_ref: payment_ref.into(),
+        };
+        self.post(&format!("/v1/holds/{id}/extend"), &body).await
     }
+
+    /// `POST /v1/holds/{id}/confirm` (service key); an expired hold is `hold_expired` (410).
     pub async fn confirm(&self, id: &str, payment_ref: &str) -> Result<api::Booking> {
-        self.post(
-            &format!("/v1/holds/{id}/confirm"),
-            &api::ConfirmHold {
-                payment_ref: payment_ref.into(),
-            },
-        )
-        .await
+        let body = api::ConfirmHold {
+            payment_ref: payment_ref.into(),
+        };
+        self.post(&format!("/v1/holds/{id}/confirm"), &body).await
     }
+
     pub async fn booking(&self, id: &str) -> Result<api::Booking> {
         self.get(&format!("/v1/bookings/{id}")).await
     }
+
+    /// Refund the given tickets of a booking, or all of it when `tickets` is empty.
     pub async fn refund(&self, id: &str, tickets: Vec<String>) -> Result<api::Refunded> {
-        self.post(
-            &format!("/v1/bookings/{id}/refund"),
-            &api::RefundRequest {
-                tickets,
-                refund_ref: None,
-            },
-        )
-        .await
+        let body = api::RefundRequest {
+            tickets,
+            refund_ref: None,
+        };
+        self.post(&format!("/v1/bookings/{id}/refund"), &body).await
     }
+
     pub async fn join_queue(&self, performance_id: &str) -> Result<api::QueueJoined> {
-        self.send::<(), _>(
-            Method::POST,
-            &format!("/v1/performances/{performance_id}/queue"),
-            None,
-        )
-        .await
+        let path = format!("/v1/performances/{performance_id}/queue");
+        self.send::<(), _>(Method::POST, &path, None).await
     }
+
     pub async fn queue(&self, queue_id: &str) -> Result<api::QueueStatus> {
         self.get(&format!("/v1/queue/{queue_id}")).await
+    }
+}
+
+fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let text: String = String::from_utf8_lossy(bytes)
+            .chars()
+            .take(DETAIL_CHARS_MAX)
+            .collect();
+        Error::Decode(format!("{path}: {e}: {text}"))
+    })
+}
+
+/// The problem in an error body, or one made up from the status when the body is not one
+/// (a proxy's HTML page, a truncated body).
+fn problem_of(status: StatusCode, bytes: &[u8]) -> api::Problem {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| api::Problem {
+        type_: "about:blank".into(),
+        title: status.to_string(),
+        status: status.as_u16(),
+        detail: String::from_utf8_lossy(bytes)
+            .chars()
+            .take(DETAIL_CHARS_MAX)
+            .collect(),
+        code: "http_error".into(),
+        instance: None,
+    })
+}
+
+/// An error and its causes on one line ("error sending request: connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out += &format!(": {s}");
+        source = s.source();
+    }
+    out
+}
+
+/// Between half and all of `d`, so clients that failed together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_128_bit_hex_and_differ() {
+        let (a, b) = (new_idempotency_key(), new_idempotency_key());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn node_urls_are_normalized_and_checked() {
+        let c = Client::new(["127.0.0.1:1/", " http://h:2 ", "https://x/base/"]);
+        assert_eq!(
+            c.nodes(),
+            vec!["http://127.0.0.1:1", "http://h:2", "https://x/base"]
+        );
+        assert_eq!(
+            c.url(2, "/v1/holds", &[("q", "a b&c".into())]).as_str(),
+            "https://x/base/v1/holds?q=a+b%26c"
+        );
+        assert!(Client::try_new(Vec::<String>::new()).is_err());
+        assert!(Client::try_new(["http://[::1"]).is_err());
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_problem_still_gives_one() {
+        let p = problem_of(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert_eq!((p.status, p.code.as_str()), (502, "http_error"));
+        assert!(p.detail.contains("bad gateway"));
     }
 }
