@@ -858,3 +858,141 @@ fn crafted_snapshots_that_overflow_counters_are_refused_without_panicking() {
     s.admission_expiry.insert((s.clock_ms + 10, q));
     refused("an admission for a waiting entry", s);
 }
+
+/// `ConfirmLate`, the one rule for a payment that lands after its hold expired: every
+/// refusal, then the booking of the same seats when they are still free.
+#[test]
+fn confirm_late() {
+    let mut f = fix();
+    let (b0, b1, b2, svc, p) = (f.buyers[0], f.buyers[1], f.buyers[2], f.svc, f.p);
+    let late = |hold, payment_ref: &str, codes: Vec<CheckInCode>| Op::ConfirmLate {
+        hold,
+        payment_ref: payment_ref.into(),
+        codes,
+    };
+    let extend = |hold| Op::ExtendHold {
+        hold,
+        payment_ref: "pay1".into(),
+    };
+    let two = || vec![[1; 16], [2; 16]];
+    let h1 = f.hold(0, &[0, 1]);
+    f.ok(b0, extend(h1));
+    let ga = |quantity| Op::PlaceHold {
+        performance: p,
+        what: HoldRequest::GeneralAdmission {
+            section: SectionIdx(1),
+            quantity,
+            category: CategoryIdx(0),
+        },
+    };
+    let Reply::HoldPlaced(g) = f.ok(b2, ga(2)) else {
+        panic!()
+    };
+    f.ok(b2, extend(g.hold));
+    f.no(b0, late(h1, "pay1", two()), Code::Forbidden);
+    f.no(svc, late(HoldId(999), "pay1", two()), Code::NotFound);
+    f.no(svc, late(h1, "pay1", two()), Code::InvalidState); // still live
+    let h2 = f.hold(1, &[2]);
+    f.ok(b1, Op::ReleaseHold { hold: h2 });
+    f.no(svc, late(h2, "pay1", vec![[3; 16]]), Code::HoldNotLive);
+    // Both extended holds run out.
+    f.now += 20_000;
+    f.no(svc, late(h1, "other", two()), Code::InvalidState); // not this checkout's payment
+    let h3 = f.hold(1, &[2]);
+    f.no(svc, late(h3, "pay1", vec![[3; 16]]), Code::InvalidState); // never extended
+    f.no(svc, late(h1, "pay1", vec![[1; 16]]), Code::InvalidInput);
+    f.no(
+        svc,
+        late(h1, "pay1", vec![[1; 16], [1; 16]]),
+        Code::AlreadyExists,
+    );
+    // Someone else took a seat, or the GA places, meanwhile: refused, the service refunds.
+    let taken = f.hold(1, &[1]);
+    f.no(svc, late(h1, "pay1", two()), Code::SeatUnavailable);
+    f.ok(b1, Op::ReleaseHold { hold: taken });
+    let Reply::HoldPlaced(blocker) = f.ok(b0, ga(3)) else {
+        panic!()
+    };
+    f.ok(b1, ga(1));
+    f.no(svc, late(g.hold, "pay1", two()), Code::SeatUnavailable);
+    f.ok(b0, Op::ReleaseHold { hold: blocker.hold });
+    // Still free: booked as if confirmed in time.
+    let Reply::BookingConfirmed(b) = f.ok(svc, late(h1, "pay1", two())) else {
+        panic!()
+    };
+    assert_eq!(b.tickets.len(), 2);
+    for s in [0, 1] {
+        assert_eq!(
+            f.l.state().performances[&p].seats[s].get(),
+            SeatState::Sold(b.booking)
+        );
+    }
+    let Reply::BookingConfirmed(_) = f.ok(svc, late(g.hold, "pay1", vec![[4; 16], [5; 16]])) else {
+        panic!()
+    };
+    f.l.check_invariants().unwrap();
+    f.no(svc, late(h1, "pay1", two()), Code::HoldNotLive); // already booked
+    // A cancelled performance books nothing.
+    let mut g = fix();
+    let (b0, svc, org, p) = (g.buyers[0], g.svc, g.org, g.p);
+    let h = g.hold(0, &[0]);
+    g.ok(b0, extend(h));
+    g.now += 20_000;
+    g.ok(
+        org,
+        Op::SetSaleStatus {
+            performance: p,
+            status: SaleStatus::Cancelled,
+            seed: None,
+        },
+    );
+    g.no(svc, late(h, "pay1", vec![[1; 16]]), Code::SaleNotOpen);
+}
+
+/// The paths the per-handler tests above leave out: each handler's remaining codes.
+#[test]
+fn remaining_paths() {
+    let mut f = fix();
+    let (b0, b1, org, p, event) = (f.buyers[0], f.buyers[1], f.org, f.p, f.event);
+    f.no(b0, Op::RevokeApiKey { key: ApiKeyId(1) }, Code::Forbidden);
+    let upd = |name: &str| Op::UpdateEvent {
+        event,
+        name: name.into(),
+        category: "c".into(),
+        description: String::new(),
+        media: vec![],
+    };
+    f.no(b0, upd("E2"), Code::Forbidden);
+    f.no(org, upd(""), Code::InvalidInput);
+    f.no(
+        org,
+        Op::SetSeatsBlocked {
+            performance: PerformanceId(999),
+            seats: vec![SeatIdx(0)],
+            blocked: true,
+        },
+        Code::NotFound,
+    );
+    let h = f.hold(0, &[0]);
+    f.no(
+        b1,
+        Op::ExtendHold {
+            hold: h,
+            payment_ref: "p".into(),
+        },
+        Code::Forbidden,
+    );
+    f.no(
+        Principal::User(UserId(999)),
+        Op::JoinQueue { performance: f.r },
+        Code::Unauthenticated,
+    );
+    f.no(
+        Principal::ApiKey(ApiKeyId(999)),
+        Op::PlaceHold {
+            performance: p,
+            what: HoldRequest::Seats(vec![(SeatIdx(1), CategoryIdx(0))]),
+        },
+        Code::Unauthenticated,
+    );
+}
