@@ -177,3 +177,19 @@ pub fn seats_hold(performance: &str, seats: &[&str]) -> api::CreateHold {
 pub fn is_conflict(e: &Error) -> bool {
     e.code() == Some("seat_unavailable")
 }
+
+/// Poll `cond` every 50 ms until it holds, or fail after `deadline` naming `what`.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        if start.elapsed() > deadline {
+            bail!("not within {deadline:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

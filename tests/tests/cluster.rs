@@ -189,10 +189,12 @@ async fn kill_9_of_the_leader_under_holds_loses_nothing_acknowledged() {
     let t = TestCluster::start(3, &[]).await.unwrap();
     let cat = Arc::new(catalog(&t, 20, 40).await.unwrap());
     let stop = Instant::now() + Duration::from_secs(6);
+    let acked_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // 40 buyers each hold one seat after another (and confirm every other one) until `stop`.
     let mut tasks = Vec::new();
     for b in 0..40usize {
         let cat = cat.clone();
+        let acked_so_far = acked_so_far.clone();
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut k = 0;
@@ -215,6 +217,7 @@ async fn kill_9_of_the_leader_under_holds_loses_nothing_acknowledged() {
                             None
                         };
                         acked.push((h.hold_id, seat, booking));
+                        acked_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => assert!(!is_conflict(&e), "no other buyer wants {seat}: {e}"),
                 }
@@ -225,7 +228,13 @@ async fn kill_9_of_the_leader_under_holds_loses_nothing_acknowledged() {
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill the leader once the stream is flowing: after 30 acknowledged holds.
+    wait_until(Duration::from_secs(20), "30 holds acknowledged", || {
+        let acked_so_far = acked_so_far.clone();
+        async move { acked_so_far.load(std::sync::atomic::Ordering::Relaxed) >= 30 }
+    })
+    .await
+    .unwrap();
     let leader = t.c().wait_leader(Duration::from_secs(5)).await.unwrap();
     t.c().signal(leader, "KILL").unwrap();
     let mut acked = Vec::new();
@@ -456,4 +465,218 @@ async fn a_backup_restores_into_a_fresh_cluster() {
     // A second restore over a catalog is refused.
     let err = old_admin.restore(backup).await.unwrap_err();
     assert_eq!(err.code(), Some("invalid_state"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_retry_through_another_node_is_applied_once() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 2, 1).await.unwrap();
+    // A buyer whose key the test holds, to send requests by hand with an idempotency key.
+    let buyer_key = t
+        .admin()
+        .create_api_key("retrying", "buyer")
+        .await
+        .unwrap()
+        .key;
+    let key = client::new_idempotency_key();
+    let http = reqwest::Client::new();
+    let post = |node: usize, seat: &str| {
+        http.post(format!("http://{}/v1/holds", t.c().nodes[node].http))
+            .bearer_auth(&buyer_key)
+            .header(api::IDEMPOTENCY_KEY_HEADER, &key)
+            .json(&seats_hold(&cat.performance, &[seat]))
+            .send()
+    };
+    let first = post(0, "A:1:1").await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let first: api::Hold = first.json().await.unwrap();
+    // The same request again, as a client retrying after a lost answer, through node 2.
+    let again = post(1, "A:1:1").await.unwrap();
+    assert!(again.status().is_success(), "{}", again.status());
+    let again: api::Hold = again.json().await.unwrap();
+    assert_eq!(
+        again.hold_id, first.hold_id,
+        "the retry returns the first outcome"
+    );
+    // The same key with another request, through node 3: refused, and nothing is held.
+    let other = post(2, "A:1:2").await.unwrap();
+    assert_eq!(other.status().as_u16(), 409);
+    let problem: api::Problem = other.json().await.unwrap();
+    assert_eq!(problem.code, "idempotency_conflict", "{problem:?}");
+    let p = t.admin().performance(&cat.performance).await.unwrap();
+    assert_eq!(p.totals.held, 1, "one hold, applied once: {:?}", p.totals);
+    t.converged(CONVERGE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_routes_around_a_paused_follower_and_a_paused_leader() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 2, 1).await.unwrap();
+    let leader = t.c().wait_leader(Duration::from_secs(5)).await.unwrap();
+    let follower = t
+        .c()
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    // A buyer whose first URL is the node that will be paused: every call starts there.
+    let urls_from = |first: u64| {
+        let mut urls: Vec<String> = t.c().nodes.iter().map(|n| n.http.clone()).collect();
+        urls.rotate_left((first - 1) as usize);
+        urls
+    };
+    let k = t
+        .admin()
+        .create_api_key("router", "buyer")
+        .await
+        .unwrap()
+        .key;
+    let buyer = |first: u64| {
+        client::Client::new(urls_from(first))
+            .with_key(k.clone())
+            .with_deadline(Duration::from_secs(15))
+            .with_attempt_timeout(Duration::from_millis(700))
+    };
+
+    t.c().signal(follower, "STOP").unwrap();
+    let start = Instant::now();
+    let h1 = buyer(follower)
+        .hold(&seats_hold(&cat.performance, &["A:1:1"]))
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "a paused follower cost {:?}",
+        start.elapsed()
+    );
+    t.c().signal(follower, "CONT").unwrap();
+    t.converged(CONVERGE).await.unwrap();
+
+    t.c().signal(leader, "STOP").unwrap();
+    let h2 = buyer(leader)
+        .hold(&seats_hold(&cat.performance, &["A:1:2"]))
+        .await
+        .unwrap();
+    t.c().signal(leader, "CONT").unwrap();
+    t.converged(CONVERGE).await.unwrap();
+    for n in &t.c().nodes {
+        let c = t.c().node_client(n.id).unwrap();
+        for h in [&h1, &h2] {
+            assert_eq!(
+                c.get_hold(&h.hold_id).await.unwrap().state,
+                "live",
+                "node {}",
+                n.id
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_on_catalog_and_admin_endpoints_is_a_4xx_and_changes_nothing() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 2, 1).await.unwrap();
+    let before = t.converged(CONVERGE).await.unwrap();
+    let admin = t.admin();
+    let p = &cat.performance;
+    let perf = admin.performance(p).await.unwrap();
+    let e = &perf.event_id;
+    let patch = reqwest::Method::PATCH;
+    let post = reqwest::Method::POST;
+    let cases: Vec<(&str, reqwest::Method, String, String)> = vec![
+        (
+            "venue sections not a list",
+            post.clone(),
+            "/v1/venues".into(),
+            r#"{"name":"X","sections":"A"}"#.into(),
+        ),
+        (
+            "venue seats negative",
+            post.clone(),
+            "/v1/venues".into(),
+            r#"{"name":"X","sections":[{"name":"A","rows":[{"label":"1","seats":-3}]}]}"#.into(),
+        ),
+        (
+            "event without a name",
+            post.clone(),
+            "/v1/events".into(),
+            r#"{"category":"music"}"#.into(),
+        ),
+        (
+            "performance ttl not a number",
+            post.clone(),
+            format!("/v1/events/{e}/performances"),
+            r#"{"venue_id":"v_1","starts_at":0,"on_sale_at":0,"hold_ttl_secs":"ten","prices":[]}"#
+                .into(),
+        ),
+        (
+            "unknown sale status",
+            patch.clone(),
+            format!("/v1/performances/{p}"),
+            r#"{"status":"sold_to_me"}"#.into(),
+        ),
+        (
+            "status not a string",
+            patch,
+            format!("/v1/performances/{p}"),
+            r#"{"status":1}"#.into(),
+        ),
+        (
+            "confirm without payment_ref",
+            post.clone(),
+            "/v1/holds/h_1/confirm".into(),
+            "{}".into(),
+        ),
+        (
+            "refund tickets not a list",
+            post.clone(),
+            "/v1/bookings/b_1/refund".into(),
+            r#"{"tickets":"t_1"}"#.into(),
+        ),
+        (
+            "membership voters not ids",
+            post.clone(),
+            "/v1/cluster/membership".into(),
+            r#"{"voters":["one"]}"#.into(),
+        ),
+        (
+            "learner id not a number",
+            post.clone(),
+            "/v1/cluster/learners".into(),
+            r#"{"node_id":"x","grpc_addr":"a","http_addr":"b"}"#.into(),
+        ),
+        (
+            "api key of an unknown role",
+            post,
+            "/v1/api-keys".into(),
+            r#"{"name":"k","role":"emperor"}"#.into(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, method, path, body) in cases {
+        let (status, resp) = admin
+            .raw(0, method, &path, Some(body.into_bytes()))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&resp).to_string();
+        let problem: Option<api::Problem> = serde_json::from_slice(&resp).ok();
+        let clear = problem.as_ref().is_some_and(|p| {
+            !p.code.is_empty() && !p.detail.is_empty() && p.status == status.as_u16()
+        });
+        if !status.is_client_error() || !clear {
+            wrong.push(format!("{what}: {status} {text}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not a clear 4xx problem:\n{}",
+        wrong.join("\n")
+    );
+    let after = t.converged(CONVERGE).await.unwrap();
+    assert_eq!(
+        (before.nodes[0].applied_index, &before.nodes[0].state_hash),
+        (after.nodes[0].applied_index, &after.nodes[0].state_hash),
+        "bad input changed the ledger"
+    );
 }

@@ -81,6 +81,17 @@ pub fn find_ticketd() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from("ticketd"))
 }
 
+/// The processes this process started, by pid: kept so that an early exit can be reported
+/// with its status (and the exited child reaped), which a pid file alone cannot tell.
+static CHILDREN: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
+
+/// How a process this process started ended, if it has (`None` if it runs or is not ours).
+fn exit_status(pid: i32) -> Option<std::process::ExitStatus> {
+    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    let child = children.iter_mut().find(|c| c.id() as i32 == pid)?;
+    child.try_wait().ok().flatten()
+}
+
 fn pid_file(dir: &Path, id: u64) -> PathBuf {
     dir.join(id.to_string()).join("ticketd.pid")
 }
@@ -170,6 +181,10 @@ impl DevCluster {
             })?;
         let pid = child.id() as i32;
         std::fs::write(pid_file(&self.dir, id), pid.to_string())?;
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child);
         Ok(pid)
     }
 
@@ -223,13 +238,26 @@ impl DevCluster {
             {
                 return Ok(());
             }
-            if !self.alive(id) || start.elapsed() > deadline {
+            let started = std::fs::read_to_string(pid_file(&self.dir, id))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            let exited = match started {
+                None => Some("has no pid file".to_string()),
+                Some(pid) => match exit_status(pid) {
+                    Some(status) => Some(format!("(pid {pid}) exited with {status}")),
+                    None if !self.alive(id) => Some(format!("(pid {pid}) is gone")),
+                    None => None,
+                },
+            };
+            if exited.is_some() || start.elapsed() > deadline {
+                let why = exited.unwrap_or_else(|| format!("did not answer within {deadline:?}"));
                 let log =
                     std::fs::read_to_string(self.dir.join(id.to_string()).join("ticketd.log"))
                         .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 bail!(
-                    "node {id} did not become healthy at {url}; last log lines:\n{}",
+                    "node {id} {why} at {url} ({}); last log lines:\n{}",
+                    self.ticketd.display(),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }

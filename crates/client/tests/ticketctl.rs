@@ -1,0 +1,256 @@
+//! `ticketctl` as an operator uses it: the real binary drives a real 3-node dev cluster
+//! (`dev up`, `dev env`, catalog and on-sale commands, `dev kill`, `dev start`, `dev down`).
+//! Needs `ticketd` next to `ticketctl`: `cargo build --bins` (scripts/test.sh does it).
+
+use client::dev::DevCluster;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const TICKETCTL: &str = env!("CARGO_BIN_EXE_ticketctl");
+
+/// Kills whatever the dev cluster in `dir` still runs, by pid, when the test ends.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(c) = DevCluster::load(&self.0) {
+            c.kill_all();
+        }
+    }
+}
+
+struct Ctl {
+    dir: PathBuf,
+    urls: String,
+    key: String,
+}
+
+fn run(args: &[&str], env: Option<&Ctl>) -> Output {
+    let mut cmd = Command::new(TICKETCTL);
+    cmd.args(args)
+        .env_remove("TICKETLEDGER_URL")
+        .env_remove("TICKETLEDGER_KEY");
+    if let Some(c) = env {
+        cmd.env("TICKETLEDGER_URL", &c.urls)
+            .env("TICKETLEDGER_KEY", &c.key);
+    }
+    cmd.output().expect("running ticketctl")
+}
+
+/// Run, require success, return stdout.
+fn ok(args: &[&str], env: Option<&Ctl>) -> String {
+    let out = run(args, env);
+    assert!(
+        out.status.success(),
+        "ticketctl {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(args: &[&str], env: &Ctl) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&all, Some(env))).unwrap()
+}
+
+fn status(ctl: &Ctl) -> api::ClusterStatus {
+    serde_json::from_value(json(&["cluster", "status"], ctl)).unwrap()
+}
+
+fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < deadline,
+            "not within {deadline:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn dev_up(dir: &Path) -> Ctl {
+    let d = dir.to_str().unwrap();
+    let out = ok(&["dev", "up", "--nodes", "3", "--dir", d], None);
+    // The documented output: one line per node, then the admin key.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for (i, line) in lines[..3].iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("node {} http=127.0.0.1:", i + 1))
+                && line.contains(" grpc=127.0.0.1:"),
+            "{line}"
+        );
+    }
+    let key = lines[3]
+        .strip_prefix("admin_key=")
+        .expect("admin_key line")
+        .to_string();
+    for id in 1..=3 {
+        assert!(dir.join(id.to_string()).join("ticketd.pid").is_file());
+        assert!(dir.join(id.to_string()).join("ticketd.log").is_file());
+    }
+    // `dev env` gives the same key and every node's URL.
+    let env = ok(&["dev", "env", "--dir", d], None);
+    let urls = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export TICKETLEDGER_URL="))
+        .expect("URL line")
+        .to_string();
+    assert!(
+        env.contains(&format!("export TICKETLEDGER_KEY={key}")),
+        "{env}"
+    );
+    Ctl {
+        dir: dir.to_path_buf(),
+        urls,
+        key,
+    }
+}
+
+#[test]
+fn ticketctl_runs_a_dev_cluster_and_an_on_sale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let _kill = KillOnDrop(dir.clone());
+    let ctl = dev_up(&dir);
+    let d = ctl.dir.to_str().unwrap();
+
+    let s = status(&ctl);
+    assert_eq!(s.voters, vec![1, 2, 3]);
+    assert!(s.leader.is_some());
+    // The human table has a row per node.
+    let table = ok(&["cluster", "status"], Some(&ctl));
+    assert_eq!(table.lines().count(), 5, "{table}");
+
+    // A second `dev up` on the same directory is refused with a way out.
+    let again = run(&["dev", "up", "--dir", d], None);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("dev start"));
+
+    // An on-sale from the command line.
+    let csv = ctl.dir.join("seats.csv");
+    std::fs::write(&csv, "section,row,seats\nA,1,10\nA,2,10\nFloor,,50\n").unwrap();
+    let venue = json(
+        &[
+            "venue",
+            "create",
+            "--name",
+            "Hall",
+            "--file",
+            csv.to_str().unwrap(),
+        ],
+        &ctl,
+    );
+    assert_eq!(
+        (venue["seats"].as_u64(), venue["ga_capacity"].as_u64()),
+        (Some(20), Some(50))
+    );
+    let venue_id = venue["venue_id"].as_str().unwrap();
+    let event = json(
+        &["event", "create", "--name", "Show", "--category", "music"],
+        &ctl,
+    );
+    let event_id = event["event_id"].as_str().unwrap();
+    let perf = json(
+        &[
+            "performance",
+            "create",
+            "--event",
+            event_id,
+            "--venue",
+            venue_id,
+            "--starts-at",
+            "2099-01-01T20:00:00Z",
+            "--price",
+            "A=5000",
+            "--price",
+            "Floor=2000",
+            "--max-seats-per-order",
+            "4",
+        ],
+        &ctl,
+    );
+    let p = perf["performance_id"].as_str().unwrap();
+    assert_eq!(json(&["performance", "open", p], &ctl)["status"], "on_sale");
+    let hold = json(
+        &["hold", "--performance", p, "--seat", "A:1:1", "A:1:2"],
+        &ctl,
+    );
+    let hold_id = hold["hold_id"].as_str().unwrap();
+    assert_eq!(hold["amount_minor"], 10_000);
+
+    // The same seat again: exit status 1 and the problem's code on stderr, no backtrace.
+    let taken = run(&["hold", "--performance", p, "--seat", "A:1:1"], Some(&ctl));
+    assert_eq!(taken.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(err.contains("409 seat_unavailable"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+
+    let booking = json(&["confirm", hold_id, "--payment-ref", "pay-1"], &ctl);
+    let booking_id = booking["booking_id"].as_str().unwrap();
+    let ticket = booking["tickets"][0]["ticket_id"].as_str().unwrap();
+    let refunded = json(&["refund", booking_id, "--ticket", ticket], &ctl);
+    assert_eq!(refunded["amount_minor"], 5000);
+    let shown = json(&["performance", "show", p], &ctl);
+    assert_eq!(
+        (
+            shown["totals"]["sold"].as_u64(),
+            shown["revenue_minor"].as_u64()
+        ),
+        (Some(1), Some(5000))
+    );
+
+    // kill -9 of the leader: another node leads; `dev start` brings it back and it catches up.
+    let leader = s.leader.unwrap();
+    ok(
+        &["dev", "kill", "--dir", d, "--node", &leader.to_string()],
+        None,
+    );
+    assert!(!dir.join(leader.to_string()).join("ticketd.pid").exists());
+    wait_for(
+        "a new leader",
+        Duration::from_secs(15),
+        || matches!(status(&ctl).leader, Some(l) if l != leader),
+    );
+    ok(&["hold", "--performance", p, "--seat", "A:2:1"], Some(&ctl));
+    ok(
+        &["dev", "start", "--dir", d, "--node", &leader.to_string()],
+        None,
+    );
+    wait_for(
+        "every node applied the same state",
+        Duration::from_secs(30),
+        || {
+            let s = status(&ctl);
+            s.nodes.iter().all(|n| n.role != "unreachable")
+                && s.nodes.windows(2).all(|w| {
+                    (w[0].applied_index, &w[0].state_hash) == (w[1].applied_index, &w[1].state_hash)
+                })
+        },
+    );
+
+    // `dev down` stops every node; `dev start` restarts the cluster on its data; `--purge` removes it.
+    ok(&["dev", "down", "--dir", d], None);
+    let ps = ok(&["dev", "ps", "--dir", d], None);
+    assert_eq!(ps.matches("stopped").count(), 3, "{ps}");
+    ok(&["dev", "start", "--dir", d], None);
+    wait_for(
+        "the restarted cluster has a leader",
+        Duration::from_secs(20),
+        || {
+            run(&["--json", "cluster", "status"], Some(&ctl))
+                .status
+                .success()
+                && status(&ctl).leader.is_some()
+        },
+    );
+    assert_eq!(
+        json(&["booking", "show", booking_id], &ctl)["refunded_minor"],
+        5000
+    );
+    ok(&["dev", "down", "--dir", d, "--purge"], None);
+    assert!(!dir.exists());
+}
