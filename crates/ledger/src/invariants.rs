@@ -305,7 +305,7 @@ impl Ledger {
         );
         for u in s.users.values().filter(|_| lookups) {
             ensure!(
-                self.ix.user_by_email.get(&u.email) == Some(&u.id),
+                self.ix.user_by_email.get(&s.users, &u.email) == Some(u.id),
                 "user {} not indexed by email",
                 u.id
             );

@@ -523,7 +523,7 @@ impl Ledger {
         if password_hash.is_empty() || password_hash.len() > MAX_PASSWORD_HASH_LEN {
             return reject(Code::InvalidInput, "password hash must be 1..=512 bytes");
         }
-        if self.ix.user_by_email.contains_key(&email) {
+        if self.ix.user_by_email.get(&self.s.users, &email).is_some() {
             return reject(
                 Code::AlreadyExists,
                 "an account with this email exists; log in instead",
@@ -533,7 +533,7 @@ impl Ledger {
             return reject(Code::LimitExceeded, "too many accounts");
         }
         let id = UserId(self.next_id());
-        self.ix.user_by_email.insert(email.clone(), id);
+        self.ix.user_by_email.insert(&self.s.users, &email, id);
         let created_at_ms = self.s.clock_ms;
         self.s.users.insert(
             id,

@@ -515,10 +515,64 @@ impl std::hash::Hasher for IdHasher {
 
 pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// Users by email, without a copy of each email: a keyed 64-bit hash of the email names the
+/// user, whose stored email is compared on every lookup; the rare email whose hash another
+/// email already has is kept in full in `collided`. Copying every email into the index was a
+/// third of building the indexes of a 1M-user restore, and half the index's memory. SipHash
+/// with per-process random keys, so clients cannot aim for collisions; what is indexed never
+/// depends on the keys, so replicas with different keys answer the same.
+#[derive(Clone, Debug, Default)]
+pub struct EmailIndex {
+    keys: std::hash::RandomState,
+    by_hash: IdMap<u64, UserId>,
+    collided: HashMap<String, UserId>,
+}
+
+impl EmailIndex {
+    fn hash(&self, email: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.keys.hash_one(email)
+    }
+
+    pub fn get(&self, users: &BTreeMap<UserId, User>, email: &str) -> Option<UserId> {
+        if let Some(&id) = self.collided.get(email) {
+            return Some(id);
+        }
+        let id = *self.by_hash.get(&self.hash(email))?;
+        (users.get(&id)?.email == email).then_some(id)
+    }
+
+    /// Index `email` for `id`. An email that is indexed already is left as it is (so a
+    /// duplicate in a snapshot shows as a size mismatch in the invariant check).
+    pub fn insert(&mut self, users: &BTreeMap<UserId, User>, email: &str, id: UserId) {
+        use std::collections::hash_map::Entry;
+        let h = self.hash(email);
+        match self.by_hash.entry(h) {
+            Entry::Vacant(v) => {
+                v.insert(id);
+            }
+            Entry::Occupied(o) => {
+                let holder = users.get(o.get()).map(|u| u.email.as_str());
+                if holder != Some(email) && !self.collided.contains_key(email) {
+                    self.collided.insert(email.to_owned(), id);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len() + self.collided.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Lookups derived from [`State`]; rebuilt after a restore.
 #[derive(Clone, Debug, Default)]
 pub struct Indexes {
-    pub user_by_email: HashMap<String, UserId>,
+    pub user_by_email: EmailIndex,
     pub key_by_digest: HashMap<Digest32, ApiKeyId>,
     /// Live holds per (performance, buyer).
     pub live_holds: IdMap<(PerformanceId, Principal), u16>,
@@ -535,7 +589,7 @@ pub struct Indexes {
 impl Indexes {
     pub fn build(s: &State) -> Indexes {
         let mut ix = Indexes::default();
-        ix.user_by_email.reserve(s.users.len());
+        ix.user_by_email.by_hash.reserve(s.users.len());
         let queued: usize = s
             .performances
             .values()
@@ -544,7 +598,7 @@ impl Indexes {
             .sum();
         ix.queue_by_buyer.reserve(queued);
         for u in s.users.values() {
-            ix.user_by_email.insert(u.email.clone(), u.id);
+            ix.user_by_email.insert(&s.users, &u.email, u.id);
         }
         for k in s.api_keys.values() {
             ix.key_by_digest.insert(k.digest, k.id);
@@ -572,5 +626,44 @@ impl Indexes {
             *ix.idempotency_per_principal.entry(*principal).or_default() += 1;
         }
         ix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: u64, email: &str) -> (UserId, User) {
+        let u = User {
+            id: UserId(id),
+            email: email.into(),
+            name: "N".into(),
+            password_hash: vec![1],
+            role: Role::Buyer,
+            created_at_ms: 0,
+        };
+        (u.id, u)
+    }
+
+    /// Random keys make a real collision unreachable from a test, so plant one: `b`'s hash
+    /// already names `a`'s user.
+    #[test]
+    fn the_email_index_keeps_colliding_emails_apart_and_refuses_duplicates() {
+        let users: BTreeMap<UserId, User> = [user(1, "a@x.io"), user(2, "b@x.io")].into();
+        let mut ix = EmailIndex::default();
+        ix.insert(&users, "a@x.io", UserId(1));
+        let hb = ix.hash("b@x.io");
+        ix.by_hash.insert(hb, UserId(1));
+        ix.insert(&users, "b@x.io", UserId(2));
+        assert_eq!(ix.collided.len(), 1);
+        assert_eq!(ix.get(&users, "a@x.io"), Some(UserId(1)));
+        assert_eq!(ix.get(&users, "b@x.io"), Some(UserId(2)));
+        assert_eq!(ix.get(&users, "c@x.io"), None);
+        // A duplicate (as a damaged snapshot could list) is not indexed twice.
+        let before = ix.len();
+        ix.insert(&users, "a@x.io", UserId(3));
+        ix.insert(&users, "b@x.io", UserId(4));
+        assert_eq!(ix.len(), before);
+        assert_eq!(ix.get(&users, "b@x.io"), Some(UserId(2)));
     }
 }

@@ -17,8 +17,8 @@ impl Ledger {
     pub fn user_by_email(&self, email: &str) -> Option<&User> {
         self.ix
             .user_by_email
-            .get(&email.to_ascii_lowercase())
-            .and_then(|id| self.s.users.get(id))
+            .get(&self.s.users, &email.to_ascii_lowercase())
+            .and_then(|id| self.s.users.get(&id))
     }
 
     /// A buyer's entry in a performance's waiting room.
