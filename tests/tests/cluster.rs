@@ -427,6 +427,25 @@ async fn without_a_quorum_writes_get_503_with_retry_after_in_time() {
         took < Duration::from_secs(5),
         "answered after {took:?}; the request timeout is 3 s"
     );
+    // The client library keeps retrying every node (two refuse connections, one answers 503)
+    // and gives up at its own deadline, saying what the last attempt got.
+    let deadline = Duration::from_secs(4);
+    let start = Instant::now();
+    let err = cat.buyers[0]
+        .clone()
+        .with_deadline(deadline)
+        .hold(&seats_hold(&cat.performance, &["A:1:2"]))
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(err, client::Error::Unavailable { attempts, .. } if attempts >= 2),
+        "{err}"
+    );
+    assert!(
+        took >= deadline && took < deadline + Duration::from_secs(4),
+        "gave up after {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
