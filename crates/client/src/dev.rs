@@ -92,6 +92,13 @@ fn exit_status(pid: i32) -> Option<std::process::ExitStatus> {
     child.try_wait().ok().flatten()
 }
 
+/// Whether a process this process started still runs (`None` if it is not ours).
+fn child_running(pid: i32) -> Option<bool> {
+    let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    let child = children.iter_mut().find(|c| c.id() as i32 == pid)?;
+    Some(matches!(child.try_wait(), Ok(None)))
+}
+
 fn pid_file(dir: &Path, id: u64) -> PathBuf {
     dir.join(id.to_string()).join("ticketd.pid")
 }
@@ -142,6 +149,11 @@ impl DevCluster {
             .trim()
             .parse()
             .ok()?;
+        // A process this process started is known without /proc: right after the exec its
+        // cmdline can still read empty (the kernel sets it up after waking the parent).
+        if let Some(running) = child_running(pid) {
+            return running.then_some(pid);
+        }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let data = self.dir.join(id.to_string());
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
@@ -181,10 +193,10 @@ impl DevCluster {
             })?;
         let pid = child.id() as i32;
         std::fs::write(pid_file(&self.dir, id), pid.to_string())?;
-        CHILDREN
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(child);
+        let mut children = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        // An earlier child with this pid has exited and been reaped: the OS reused its pid.
+        children.retain(|c| c.id() != child.id());
+        children.push(child);
         Ok(pid)
     }
 

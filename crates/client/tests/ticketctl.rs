@@ -254,3 +254,36 @@ fn ticketctl_runs_a_dev_cluster_and_an_on_sale() {
     ok(&["dev", "down", "--dir", d, "--purge"], None);
     assert!(!dir.exists());
 }
+
+#[test]
+fn dev_up_failures_are_clear_and_leave_nothing_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let d = dir.to_str().unwrap();
+    // A taken port under --base-port is named before anything starts.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(&["dev", "up", "--dir", d, "--base-port", &port], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("port {port}")) && err.contains("taken"),
+        "{err}"
+    );
+    // A ticketd that exits at once: the error says so, with its exit status.
+    let out = Command::new(TICKETCTL)
+        .args(["dev", "up", "--nodes", "2", "--dir", d])
+        .env("TICKETD_BIN", "/bin/false")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not start") && err.contains("exited with"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("cluster.json").exists(),
+        "a failed start leaves no cluster behind"
+    );
+}
