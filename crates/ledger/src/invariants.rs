@@ -298,7 +298,14 @@ impl Ledger {
             s.admission_expiry.len()
         );
 
-        // Accounts and idempotency.
+        // Accounts and idempotency. Keyed by their own ids: lookups by id and by email (which
+        // compares the stored email of the user the id names) both rely on it.
+        ensure!(
+            s.users.iter().all(|(id, u)| *id == u.id)
+                && s.api_keys.iter().all(|(id, k)| *id == k.id)
+                && s.events.iter().all(|(id, e)| *id == e.id),
+            "a user, API key or event is keyed by another id"
+        );
         ensure!(
             self.ix.user_by_email.len() == s.users.len(),
             "email index size differs"
