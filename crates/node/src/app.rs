@@ -344,6 +344,52 @@ impl App {
         Ok(linearizer.read_log_id().index())
     }
 
+    /// A hold as its holder, a service or an operator may see it.
+    pub async fn visible_hold(
+        &self,
+        p: Principal,
+        id: HoldId,
+        c: Consistency,
+    ) -> Result<api::Hold, ApiError> {
+        let found = self
+            .read(c, |l| {
+                l.state()
+                    .holds
+                    .get(&id)
+                    .map(|h| (h.buyer, crate::convert::hold_view(l, h)))
+            })
+            .await?;
+        match found {
+            Some((buyer, v)) if buyer == p || self.is_service_or_operator(p).await? => Ok(v),
+            Some(_) => Err(ApiError::forbidden("this hold is another buyer's")),
+            None => Err(ApiError::not_found(format!(
+                "no hold {id} (holds are forgotten an hour after they end)"
+            ))),
+        }
+    }
+
+    /// A booking as its buyer, a service or an operator may see it.
+    pub async fn visible_booking(
+        &self,
+        p: Principal,
+        id: BookingId,
+        c: Consistency,
+    ) -> Result<api::Booking, ApiError> {
+        let found = self
+            .read(c, |l| {
+                l.state()
+                    .bookings
+                    .get(&id)
+                    .map(|b| (b.buyer, crate::convert::booking_view(l, b)))
+            })
+            .await?;
+        match found {
+            Some((buyer, v)) if buyer == p || self.is_service_or_operator(p).await? => Ok(v),
+            Some(_) => Err(ApiError::forbidden("this booking is another buyer's")),
+            None => Err(ApiError::not_found(format!("no booking {id}"))),
+        }
+    }
+
     pub async fn is_operator(&self, p: Principal) -> Result<bool, ApiError> {
         Ok(self.role_of(p) == Some(Role::Operator))
     }

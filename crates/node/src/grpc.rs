@@ -73,19 +73,10 @@ impl LedgerService {
     }
 
     async fn hold(&self, p: Principal, id: HoldId) -> std::result::Result<pb::Hold, ApiError> {
-        let found = self
-            .app
-            .read(Consistency::Stale, |l| {
-                l.state().holds.get(&id).map(|h| (h.buyer, hold_view(l, h)))
-            })
-            .await?;
-        match found {
-            Some((buyer, h)) if buyer == p || self.app.is_service_or_operator(p).await? => {
-                Ok(hold_pb(h))
-            }
-            Some(_) => Err(ApiError::forbidden("this hold is another buyer's")),
-            None => Err(ApiError::not_found(format!("no hold {id}"))),
-        }
+        self.app
+            .visible_hold(p, id, Consistency::Stale)
+            .await
+            .map(hold_pb)
     }
 
     async fn booking(
@@ -94,22 +85,7 @@ impl LedgerService {
         id: BookingId,
         c: Consistency,
     ) -> std::result::Result<pb::Booking, ApiError> {
-        let found = self
-            .app
-            .read(c, |l| {
-                l.state()
-                    .bookings
-                    .get(&id)
-                    .map(|b| (b.buyer, booking_view(l, b)))
-            })
-            .await?;
-        match found {
-            Some((buyer, b)) if buyer == p || self.app.is_service_or_operator(p).await? => {
-                Ok(booking_pb(b))
-            }
-            Some(_) => Err(ApiError::forbidden("this booking is another buyer's")),
-            None => Err(ApiError::not_found(format!("no booking {id}"))),
-        }
+        self.app.visible_booking(p, id, c).await.map(booking_pb)
     }
 }
 

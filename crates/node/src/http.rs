@@ -508,29 +508,6 @@ async fn create_hold(
     }
 }
 
-/// A hold the principal may see: its holder, a service, or an operator.
-async fn visible_hold(
-    app: &App,
-    principal: Principal,
-    id: HoldId,
-    c: Consistency,
-) -> Result<api::Hold> {
-    let found = app
-        .read(c, |l| {
-            l.state().holds.get(&id).map(|h| (h.buyer, hold_view(l, h)))
-        })
-        .await?;
-    match found {
-        Some((buyer, v)) if buyer == principal || app.is_service_or_operator(principal).await? => {
-            Ok(v)
-        }
-        Some(_) => Err(ApiError::forbidden("this hold is another buyer's")),
-        None => Err(ApiError::not_found(format!(
-            "no hold {id} (holds are forgotten an hour after they end)"
-        ))),
-    }
-}
-
 async fn get_hold(
     State(app): AppState,
     headers: HeaderMap,
@@ -539,7 +516,8 @@ async fn get_hold(
 ) -> Result<Json<api::Hold>> {
     let principal = authenticate(&app, &headers).await?;
     Ok(Json(
-        visible_hold(&app, principal, parse_id(&id, "hold")?, q.consistency()?).await?,
+        app.visible_hold(principal, parse_id(&id, "hold")?, q.consistency()?)
+            .await?,
     ))
 }
 
@@ -552,7 +530,8 @@ async fn release_hold(
     let hold: HoldId = parse_id(&id, "hold")?;
     write_as(&app, &headers, principal, Op::ReleaseHold { hold }).await?;
     Ok(Json(
-        visible_hold(&app, principal, hold, Consistency::Stale).await?,
+        app.visible_hold(principal, hold, Consistency::Stale)
+            .await?,
     ))
 }
 
@@ -575,7 +554,8 @@ async fn extend_hold(
     )
     .await?;
     Ok(Json(
-        visible_hold(&app, principal, hold, Consistency::Stale).await?,
+        app.visible_hold(principal, hold, Consistency::Stale)
+            .await?,
     ))
 }
 
@@ -631,21 +611,9 @@ async fn get_booking(
 ) -> Result<Json<api::Booking>> {
     let principal = authenticate(&app, &headers).await?;
     let id: BookingId = parse_id(&id, "booking")?;
-    let found = app
-        .read(q.consistency()?, |l| {
-            l.state()
-                .bookings
-                .get(&id)
-                .map(|b| (b.buyer, booking_view(l, b)))
-        })
-        .await?;
-    match found {
-        Some((buyer, v)) if buyer == principal || app.is_service_or_operator(principal).await? => {
-            Ok(Json(v))
-        }
-        Some(_) => Err(ApiError::forbidden("this booking is another buyer's")),
-        None => Err(ApiError::not_found(format!("no booking {id}"))),
-    }
+    Ok(Json(
+        app.visible_booking(principal, id, q.consistency()?).await?,
+    ))
 }
 
 async fn refund_booking(
