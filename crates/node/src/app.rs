@@ -452,6 +452,7 @@ impl App {
             last_log_index: m.last_log_index.unwrap_or(0),
             committed_index: m.local_committed.map(|l| l.index).unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             holds_live,
             seats_sold,
             seats_held,

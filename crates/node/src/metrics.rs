@@ -99,6 +99,8 @@ pub struct Gauges {
     pub last_log_index: u64,
     pub committed_index: u64,
     pub applied_index: u64,
+    /// Last log index purged (only a snapshot can bring a node from behind it).
+    pub purged_index: u64,
     pub holds_live: u64,
     pub seats_sold: u64,
     pub seats_held: u64,
@@ -242,6 +244,7 @@ mod tests {
             seats_sold: 0,
             seats_held: 0,
             queue_waiting: 0,
+            purged_index: 0,
         };
         let text = m.render(&g);
         assert!(text.contains("ticketledger_raft_apply_lag 1"));
