@@ -304,6 +304,9 @@ async fn kill_9_of_the_leader_under_holds_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_far_behind_is_caught_up_by_snapshot() {
+    // FIXME: this passes by log replication, not by snapshot: with --snapshot-every=100 the
+    // leader's ticketledger_raft_purged_index stays 0, so nothing forces a snapshot install.
+    // Wait for purged_index to pass the lagging node before restarting it once that works.
     let t = TestCluster::start(3, &["--snapshot-every=100"])
         .await
         .unwrap();
