@@ -280,6 +280,67 @@ pub struct ConfirmHold {
     pub payment_ref: String,
 }
 
+/// Where a hold's payment stands; `started` and `captured` are open (the payments service
+/// still owes an outcome).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckoutState {
+    Started,
+    Captured,
+    Booked,
+    Failed,
+    Refunded,
+}
+
+/// The checkout of a hold that was extended with a `payment_ref`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkout {
+    pub hold_id: String,
+    pub payment_ref: String,
+    pub performance_id: String,
+    pub amount_minor: u64,
+    pub currency: String,
+    pub state: CheckoutState,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub provider_ref: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub booking_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// `live`, `released`, `expired` or `confirmed`.
+    pub hold_state: String,
+    pub hold_expires_at_ms: u64,
+}
+
+/// What the payment provider did with a checkout's money.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PaymentEvent {
+    /// `started` → `captured`: a booking or a refund must follow.
+    Captured { provider_ref: String },
+    /// `started` → `failed`: no money moved; releases the hold.
+    Failed { reason: String },
+    /// `started`/`captured` → `refunded`: releases the hold if it is still live.
+    Refunded {
+        provider_ref: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordPayment {
+    pub payment_ref: String,
+    pub event: PaymentEvent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutList {
+    pub checkouts: Vec<Checkout>,
+    /// Pass as `?after=` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Booking {
     pub booking_id: String,

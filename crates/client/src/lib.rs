@@ -706,6 +706,57 @@ impl Client {
         self.post(&format!("/v1/holds/{id}/confirm"), &body).await
     }
 
+    /// `POST /v1/holds/{id}/confirm-late` (service key): book an expired hold in checkout
+    /// if its seats are all still free; else `seat_unavailable` (409), and the payment must
+    /// be refunded.
+    pub async fn confirm_late(&self, id: &str, payment_ref: &str) -> Result<api::Booking> {
+        let body = api::ConfirmHold {
+            payment_ref: payment_ref.into(),
+        };
+        self.post(&format!("/v1/holds/{id}/confirm-late"), &body)
+            .await
+    }
+
+    /// `POST /v1/holds/{id}/payment` (service key): what the provider did with the money of a
+    /// hold in checkout. A repeat of the event that made the state is answered the same; an
+    /// event that does not fit is `invalid_state` (409).
+    pub async fn record_payment(
+        &self,
+        hold_id: &str,
+        payment_ref: &str,
+        event: api::PaymentEvent,
+    ) -> Result<api::Checkout> {
+        let body = api::RecordPayment {
+            payment_ref: payment_ref.into(),
+            event,
+        };
+        self.post(&format!("/v1/holds/{hold_id}/payment"), &body)
+            .await
+    }
+
+    /// `GET /v1/holds/{id}/checkout`: the checkout of a hold extended with a payment_ref.
+    pub async fn checkout(&self, hold_id: &str) -> Result<api::Checkout> {
+        self.get(&format!("/v1/holds/{hold_id}/checkout")).await
+    }
+
+    /// `GET /v1/checkouts` (service key), one page in hold-id order: open ones only (started
+    /// or captured) or every checkout still kept. Pass the answer's `next` as `after`.
+    pub async fn checkouts(
+        &self,
+        open_only: bool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<api::CheckoutList> {
+        let mut query = vec![
+            ("open", open_only.to_string()),
+            ("limit", limit.to_string()),
+        ];
+        if let Some(a) = after {
+            query.push(("after", a.to_string()));
+        }
+        self.get_query("/v1/checkouts", query).await
+    }
+
     pub async fn booking(&self, id: &str) -> Result<api::Booking> {
         self.get(&format!("/v1/bookings/{id}")).await
     }

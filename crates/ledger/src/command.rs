@@ -123,6 +123,13 @@ pub enum Op {
         payment_ref: String,
         codes: Vec<CheckInCode>,
     },
+    /// The payments service records what happened to the money of a hold in checkout
+    /// (extended with `payment_ref`). `Failed` and `Refunded` release the hold if it is live.
+    RecordPayment {
+        hold: HoldId,
+        payment_ref: String,
+        event: PaymentEvent,
+    },
     /// Refund a whole booking (`tickets` empty) or some of its tickets.
     Refund {
         booking: BookingId,
@@ -134,6 +141,16 @@ pub enum Op {
         performance: PerformanceId,
         code: CheckInCode,
     },
+}
+
+impl PaymentEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PaymentEvent::Captured { .. } => "captured",
+            PaymentEvent::Failed { .. } => "failed",
+            PaymentEvent::Refunded { .. } => "refunded",
+        }
+    }
 }
 
 impl Op {
@@ -157,10 +174,25 @@ impl Op {
             Op::ExtendHold { .. } => "extend_hold",
             Op::ConfirmHold { .. } => "confirm_hold",
             Op::ConfirmLate { .. } => "confirm_late",
+            Op::RecordPayment { .. } => "record_payment",
             Op::Refund { .. } => "refund",
             Op::CheckIn { .. } => "check_in",
         }
     }
+}
+
+/// What the payment provider did with a checkout's money.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentEvent {
+    /// Money taken: `Started` → `Captured`. A booking or a refund must follow.
+    Captured { provider_ref: String },
+    /// Declined or voided, no money moved: `Started` → `Failed`.
+    Failed { reason: String },
+    /// Money given back because no booking could be made: `Started`/`Captured` → `Refunded`.
+    Refunded {
+        provider_ref: String,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

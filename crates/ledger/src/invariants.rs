@@ -111,11 +111,50 @@ impl Ledger {
             self.ix.live_hold_count,
             s.hold_expiry.len()
         );
+        // Checkouts: one per extended hold; open ones are indexed and keep their hold.
+        let mut open = BTreeSet::new();
+        for h in s.holds.values() {
+            let extended = h.payment_ref.is_some();
+            ensure!(
+                h.extended == extended && h.checkout.is_some() == extended,
+                "hold {}: extension, payment_ref and checkout disagree",
+                h.id
+            );
+            let Some(c) = &h.checkout else { continue };
+            let fits = match (c, h.state) {
+                // Released: the buyer let go while the payment ran; the payments service
+                // still settles it (a capture is then refunded).
+                (Checkout::Started | Checkout::Captured { .. }, st) => {
+                    !matches!(st, HoldState::Confirmed(_))
+                }
+                (Checkout::Booked, HoldState::Confirmed(_)) => true,
+                (Checkout::Failed { .. } | Checkout::Refunded { .. }, st) => {
+                    matches!(st, HoldState::Released | HoldState::Expired)
+                }
+                _ => false,
+            } && (c == &Checkout::Booked) == matches!(h.state, HoldState::Confirmed(_));
+            ensure!(
+                fits,
+                "hold {}: checkout {} in hold state {:?}",
+                h.id,
+                c.name(),
+                h.state
+            );
+            if c.is_open() {
+                open.insert(h.id);
+            }
+        }
+        ensure!(
+            open == self.ix.open_checkouts,
+            "open-checkout index disagrees with the holds"
+        );
+        // Retention: every ended hold is queued for forgetting once, unless its checkout is
+        // still open.
         let ended: BTreeSet<HoldId> = s.ended_holds.iter().map(|e| e.1).collect();
         let not_live: BTreeSet<HoldId> = s
             .holds
             .values()
-            .filter(|h| h.state != HoldState::Live)
+            .filter(|h| h.state != HoldState::Live && !open.contains(&h.id))
             .map(|h| h.id)
             .collect();
         ensure!(

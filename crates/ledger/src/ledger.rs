@@ -247,6 +247,11 @@ impl Ledger {
                 payment_ref,
                 codes,
             } => self.confirm_late(p, hold, payment_ref, codes),
+            Op::RecordPayment {
+                hold,
+                payment_ref,
+                event,
+            } => self.record_payment(p, hold, payment_ref, event),
             Op::Refund {
                 booking,
                 tickets,
@@ -428,7 +433,10 @@ impl Ledger {
         }
         hold.state = state;
         hold.ended_at_ms = now;
-        ended_holds.push_back((now, id));
+        // An open checkout keeps its hold until the payments service settles it.
+        if !hold.checkout.as_ref().is_some_and(Checkout::is_open) {
+            ended_holds.push_back((now, id));
+        }
         let key = (hold.performance, hold.buyer);
         let performance = hold.performance;
         self.forget_live_hold(key);
@@ -1174,6 +1182,7 @@ impl Ledger {
             payment_ref: None,
             state: HoldState::Live,
             ended_at_ms: 0,
+            checkout: None,
         };
         let receipt = HoldReceipt {
             hold: hold_id,
@@ -1235,13 +1244,21 @@ impl Ledger {
             return reject(Code::InvalidState, "a hold is extended once only");
         }
         check_text("payment_ref", &payment_ref, 1, MAX_REF_LEN)?;
+        if self.ix.open_checkouts.len() >= MAX_OPEN_CHECKOUTS {
+            return reject(
+                Code::LimitExceeded,
+                "too many checkouts are waiting for their payment outcome",
+            );
+        }
         let grace = self.s.performances[&hold.performance].payment_grace_ms;
         let old = hold.expires_at_ms;
         let new = old.max(self.s.clock_ms + grace);
         let hold = self.s.holds.get_mut(&id).expect("exists");
         hold.extended = true;
         hold.payment_ref = Some(payment_ref);
+        hold.checkout = Some(Checkout::Started);
         hold.expires_at_ms = new;
+        self.ix.open_checkouts.insert(id);
         assert!(self.s.hold_expiry.remove(&(old, id)));
         self.s.hold_expiry.insert((new, id));
         self.emit(Change::HoldExtended {
@@ -1263,6 +1280,7 @@ impl Ledger {
             return reject(Code::NotFound, format!("no hold {id}"));
         };
         live_state(hold)?;
+        check_checkout_payment(hold, &payment_ref)?;
         self.validate_booking(hold, &payment_ref, &codes)?;
         // Valid: mutate.
         let quantity = u64::from(hold.quantity());
@@ -1332,6 +1350,10 @@ impl Ledger {
         hold.state = HoldState::Confirmed(booking_id);
         hold.ended_at_ms = now;
         ended_holds.push_back((now, id));
+        if hold.checkout.is_some() {
+            hold.checkout = Some(Checkout::Booked);
+            self.ix.open_checkouts.remove(&id);
+        }
         let receipt = BookingReceipt {
             booking: booking_id,
             tickets: tickets
@@ -1442,6 +1464,7 @@ impl Ledger {
                 "only a hold extended into checkout with this payment_ref can be booked after it expired",
             );
         }
+        check_checkout_payment(hold, &payment_ref)?;
         let perf = &self.s.performances[&hold.performance];
         if perf.status == SaleStatus::Cancelled {
             return reject(
@@ -1489,11 +1512,8 @@ impl Ledger {
         hold.state = HoldState::Live;
         hold.expires_at_ms = revived_until_ms;
         hold_expiry.insert((hold.expires_at_ms, id));
-        let pos = ended_holds
-            .iter()
-            .position(|e| e.1 == id)
-            .expect("expired holds are retained");
-        ended_holds.remove(pos);
+        // An expired hold with an open checkout was never queued for forgetting.
+        debug_assert!(!ended_holds.iter().any(|e| e.1 == id));
         *self
             .ix
             .live_holds
@@ -1506,6 +1526,120 @@ impl Ledger {
             "confirm of a validated revived hold failed: {reply:?}"
         );
         reply
+    }
+
+    fn record_payment(
+        &mut self,
+        p: Principal,
+        id: HoldId,
+        payment_ref: String,
+        event: PaymentEvent,
+    ) -> Result<Reply> {
+        self.require(p, &[Role::Service, Role::Operator], "record payments")?;
+        let Some(hold) = self.s.holds.get(&id) else {
+            return reject(Code::NotFound, format!("no hold {id}"));
+        };
+        let Some(checkout) = &hold.checkout else {
+            return reject(
+                Code::InvalidState,
+                format!("hold {id} is not in checkout: extend it with a payment_ref first"),
+            );
+        };
+        if hold.payment_ref.as_deref() != Some(payment_ref.as_str()) {
+            return reject(
+                Code::InvalidState,
+                format!("hold {id} is in checkout under another payment_ref"),
+            );
+        }
+        let (next, state) = match (&event, checkout) {
+            (PaymentEvent::Captured { provider_ref }, Checkout::Started) => (
+                Checkout::Captured {
+                    provider_ref: provider_ref.clone(),
+                },
+                PaymentState::Captured,
+            ),
+            (PaymentEvent::Failed { reason }, Checkout::Started) => (
+                Checkout::Failed {
+                    reason: reason.clone(),
+                },
+                PaymentState::Failed,
+            ),
+            (
+                PaymentEvent::Refunded {
+                    provider_ref,
+                    reason,
+                },
+                Checkout::Started | Checkout::Captured { .. },
+            ) => (
+                Checkout::Refunded {
+                    provider_ref: provider_ref.clone(),
+                    reason: reason.clone(),
+                },
+                PaymentState::Refunded,
+            ),
+            // A repeat of the event that made the state: the same answer, no change.
+            (
+                PaymentEvent::Captured { provider_ref: a },
+                Checkout::Captured { provider_ref: b },
+            ) if a == b => {
+                return Ok(Reply::PaymentRecorded {
+                    checkout: checkout.clone(),
+                });
+            }
+            (PaymentEvent::Failed { .. }, Checkout::Failed { .. })
+            | (PaymentEvent::Refunded { .. }, Checkout::Refunded { .. }) => {
+                return Ok(Reply::PaymentRecorded {
+                    checkout: checkout.clone(),
+                });
+            }
+            (_, current) => {
+                return reject(
+                    Code::InvalidState,
+                    format!(
+                        "checkout of hold {id} is {}: a {} payment does not fit",
+                        current.name(),
+                        event.name()
+                    ),
+                );
+            }
+        };
+        match &event {
+            PaymentEvent::Captured { provider_ref } => {
+                check_text("provider_ref", provider_ref, 1, MAX_REF_LEN)?
+            }
+            PaymentEvent::Failed { reason } => check_text("reason", reason, 1, MAX_REF_LEN)?,
+            PaymentEvent::Refunded {
+                provider_ref,
+                reason,
+            } => {
+                check_text("provider_ref", provider_ref, 1, MAX_REF_LEN)?;
+                check_text("reason", reason, 1, MAX_REF_LEN)?;
+            }
+        }
+        // Valid: mutate.
+        let (live, performance) = (hold.state == HoldState::Live, hold.performance);
+        let closes = !next.is_open();
+        self.s.holds.get_mut(&id).expect("exists").checkout = Some(next.clone());
+        if closes {
+            self.ix.open_checkouts.remove(&id);
+            if live {
+                // No booking will come: the seats go back on sale now.
+                self.end_hold(id, HoldState::Released);
+                self.emit(Change::HoldReleased {
+                    hold: id,
+                    performance,
+                });
+            } else {
+                // It ended while the checkout was open: forget it in due course.
+                self.s.ended_holds.push_back((self.s.clock_ms, id));
+            }
+        }
+        self.emit(Change::PaymentRecorded {
+            hold: id,
+            performance,
+            state,
+        });
+        Ok(Reply::PaymentRecorded { checkout: next })
     }
 
     fn refund(
@@ -1641,6 +1775,27 @@ impl Ledger {
 // -------------------------------------------------------------------- pure helpers
 
 /// `Ok` for a live hold; the right rejection for an ended one.
+/// A hold in checkout is booked only under its own payment reference, and only while the
+/// checkout is open (not after its payment failed or was refunded).
+fn check_checkout_payment(hold: &Hold, payment_ref: &str) -> Result<()> {
+    match &hold.checkout {
+        None => Ok(()),
+        Some(_) if hold.payment_ref.as_deref() != Some(payment_ref) => reject(
+            Code::InvalidState,
+            format!("hold {} is in checkout under another payment_ref", hold.id),
+        ),
+        Some(c) if !c.is_open() => reject(
+            Code::InvalidState,
+            format!(
+                "checkout of hold {} is {}: it cannot be booked",
+                hold.id,
+                c.name()
+            ),
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
 fn live_state(hold: &Hold) -> Result<()> {
     match hold.state {
         HoldState::Live => Ok(()),

@@ -42,6 +42,9 @@ pub const IDEMPOTENCY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 pub const ENDED_HOLD_RETENTION_MS: u64 = 60 * 60 * 1000;
 /// Ended holds kept for reading; the oldest are forgotten first beyond this.
 pub const MAX_ENDED_HOLDS: usize = 2_000_000;
+/// Checkouts waiting for their payment outcome (started or captured); a hold in one is kept
+/// after it ends, so this bounds what a stopped payments service can pile up.
+pub const MAX_OPEN_CHECKOUTS: usize = 1_000_000;
 /// Domain events kept in the in-memory change feed; older ones must be read from elsewhere.
 pub const MAX_FEED_EVENTS: usize = 1 << 18;
 /// Hold time to live bounds.

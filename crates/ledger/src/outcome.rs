@@ -166,6 +166,10 @@ pub enum Reply {
         expires_at_ms: u64,
     },
     BookingConfirmed(BookingReceipt),
+    /// The checkout's state after a payment event (unchanged if the event was a repeat).
+    PaymentRecorded {
+        checkout: crate::state::Checkout,
+    },
     Refunded {
         amount: Money,
         tickets: Vec<TicketId>,
@@ -208,6 +212,14 @@ pub struct FeedEntry {
     pub log_index: u64,
     pub at_ms: u64,
     pub change: Change,
+}
+
+/// The checkout states a payment event leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaymentState {
+    Captured,
+    Failed,
+    Refunded,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +287,12 @@ pub enum Change {
         performance: PerformanceId,
         amount: Money,
         tickets: u32,
+    },
+    /// A checkout moved (`booked` shows as `BookingConfirmed`, `started` as `HoldExtended`).
+    PaymentRecorded {
+        hold: HoldId,
+        performance: PerformanceId,
+        state: PaymentState,
     },
     TicketCheckedIn {
         ticket: TicketId,

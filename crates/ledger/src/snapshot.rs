@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TLSNAP\r\n";
 /// Bump when `State`'s encoding changes; older versions get a migration, newer are refused.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 pub const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 8 + 32;
 
 #[derive(Debug, thiserror::Error)]

@@ -367,6 +367,44 @@ pub struct Hold {
     pub state: HoldState,
     /// When the hold stopped being live (for retention).
     pub ended_at_ms: u64,
+    /// The checkout the payments service runs on this hold: `Some` from the extension
+    /// (`extended` and `payment_ref` are set with it), so a restarted payments process
+    /// finds every unfinished checkout in the ledger.
+    pub checkout: Option<Checkout>,
+}
+
+/// Where a hold's payment stands. `Started` and `Captured` are open: the payments service
+/// still owes the ledger an outcome, and an ended hold is kept (not forgotten) until then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Checkout {
+    /// The hold was extended into its payment grace; nothing is known of the money yet.
+    Started,
+    /// The provider captured the money (`provider_ref`); a booking or a refund must follow.
+    Captured { provider_ref: String },
+    /// The hold became a booking (the hold's state says which).
+    Booked,
+    /// The payment was declined or voided: no money moved; the hold was released.
+    Failed { reason: String },
+    /// The money was captured and given back, because no booking could be made.
+    Refunded {
+        provider_ref: String,
+        reason: String,
+    },
+}
+
+impl Checkout {
+    pub fn is_open(&self) -> bool {
+        matches!(self, Checkout::Started | Checkout::Captured { .. })
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Checkout::Started => "started",
+            Checkout::Captured { .. } => "captured",
+            Checkout::Booked => "booked",
+            Checkout::Failed { .. } => "failed",
+            Checkout::Refunded { .. } => "refunded",
+        }
+    }
 }
 
 impl Hold {
@@ -434,7 +472,8 @@ pub struct State {
     pub holds: BTreeMap<HoldId, Hold>,
     /// Live holds by expiry.
     pub hold_expiry: BTreeSet<(u64, HoldId)>,
-    /// Ended holds in the order they ended, for retention.
+    /// Ended holds in the order they ended, for retention. A hold whose checkout is still
+    /// open joins when the checkout closes.
     pub ended_holds: VecDeque<(u64, HoldId)>,
     #[serde(deserialize_with = "bulk_map::deserialize")]
     pub bookings: BTreeMap<BookingId, Booking>,
@@ -584,6 +623,8 @@ pub struct Indexes {
     /// Queue entry per (performance, buyer).
     pub queue_by_buyer: IdMap<(PerformanceId, Principal), u32>,
     pub idempotency_per_principal: IdMap<Principal, usize>,
+    /// Holds whose checkout is open, in id order (the payments service pages through them).
+    pub open_checkouts: BTreeSet<HoldId>,
 }
 
 impl Indexes {
@@ -603,6 +644,12 @@ impl Indexes {
         for k in s.api_keys.values() {
             ix.key_by_digest.insert(k.digest, k.id);
         }
+        ix.open_checkouts = s
+            .holds
+            .values()
+            .filter(|h| h.checkout.as_ref().is_some_and(Checkout::is_open))
+            .map(|h| h.id)
+            .collect();
         for h in s.holds.values().filter(|h| h.state == HoldState::Live) {
             // Saturating: a decoded snapshot may list any number; the invariant check refuses it.
             let n = ix.live_holds.entry((h.performance, h.buyer)).or_default();

@@ -83,4 +83,19 @@ impl Ledger {
                 .is_some_and(|r| !r.order.is_empty())
         })
     }
+
+    /// Holds whose checkout is open (started or captured), in id order, after `after`.
+    pub fn open_checkouts(&self, after: Option<HoldId>) -> impl Iterator<Item = &Hold> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.ix
+            .open_checkouts
+            .range((from, Bound::Unbounded))
+            .map(|id| &self.s.holds[id])
+    }
+
+    /// The open-checkout index itself (for tests and metrics).
+    pub fn ix_open_checkouts(&self) -> &std::collections::BTreeSet<HoldId> {
+        &self.ix.open_checkouts
+    }
 }

@@ -655,3 +655,137 @@ fn a_restored_sale_in_progress_replays_identically() {
             .any(|h| h.state == HoldState::Expired)
     );
 }
+
+#[test]
+fn a_checkout_lives_in_the_ledger_until_the_payment_is_settled() {
+    let mut f = fix();
+    let (p, svc, b0, b1) = (f.p, f.svc, f.buyers[0], f.buyers[1]);
+    let paid = |f: &mut Fix, h: HoldId, r: &str, event: PaymentEvent| {
+        f.step(
+            svc,
+            Op::RecordPayment {
+                hold: h,
+                payment_ref: r.into(),
+                event,
+            },
+        )
+    };
+    let captured = |r: &str| PaymentEvent::Captured {
+        provider_ref: format!("cap-{r}"),
+    };
+    let extend = |f: &mut Fix, h: HoldId, r: &str| {
+        f.step(
+            svc,
+            Op::ExtendHold {
+                hold: h,
+                payment_ref: r.into(),
+            },
+        );
+    };
+    // 1. Captured, then confirmed (under the checkout's own reference): closes as booked.
+    let h1 = f.hold(0, &[1]);
+    extend(&mut f, h1, "pay");
+    assert_eq!(f.l.state().holds[&h1].checkout, Some(Checkout::Started));
+    assert!(f.l.ix_open_checkouts().contains(&h1));
+    let r = paid(&mut f, h1, "pay", captured("r1"));
+    // A repeat is answered the same and changes nothing.
+    assert_eq!(paid(&mut f, h1, "pay", captured("r1")), r);
+    f.no(
+        svc,
+        Op::ConfirmHold {
+            hold: h1,
+            payment_ref: "other".into(),
+            codes: vec![[9; 16]],
+        },
+        Code::InvalidState,
+    );
+    f.confirm(h1, 1);
+    assert_eq!(f.l.state().holds[&h1].checkout, Some(Checkout::Booked));
+    assert!(!f.l.ix_open_checkouts().contains(&h1));
+    // 2. Declined: the hold is released at once and the seat is on sale again.
+    let h2 = f.hold(0, &[2]);
+    extend(&mut f, h2, "r2");
+    paid(
+        &mut f,
+        h2,
+        "r2",
+        PaymentEvent::Failed {
+            reason: "declined".into(),
+        },
+    );
+    assert_eq!(f.hold_state(h2), HoldState::Released);
+    assert_eq!(f.cell(p, 2), SeatState::Available);
+    // Money cannot be recorded on a failed checkout, nor a failed one booked.
+    f.no(
+        svc,
+        Op::RecordPayment {
+            hold: h2,
+            payment_ref: "r2".into(),
+            event: captured("r2"),
+        },
+        Code::InvalidState,
+    );
+    // 3. The payment lands after the hold expired: the ended hold is kept (not queued for
+    //    forgetting) while its checkout is open, so the late rule can still book it...
+    let h3 = f.hold(0, &[3]);
+    extend(&mut f, h3, "r3");
+    let until = f.l.state().holds[&h3].expires_at_ms;
+    f.now = until;
+    f.tick();
+    assert_eq!(f.hold_state(h3), HoldState::Expired);
+    assert!(!f.l.state().ended_holds.iter().any(|e| e.1 == h3));
+    paid(&mut f, h3, "r3", captured("r3"));
+    f.step(
+        svc,
+        Op::ConfirmLate {
+            hold: h3,
+            payment_ref: "r3".into(),
+            codes: vec![[3; 16]],
+        },
+    );
+    assert_eq!(f.l.state().holds[&h3].checkout, Some(Checkout::Booked));
+    // 4. ...or, when someone else took the seat meanwhile, it is refused and refunded.
+    let h4 = f.hold(0, &[4]);
+    extend(&mut f, h4, "r4");
+    f.now = f.l.state().holds[&h4].expires_at_ms;
+    f.tick();
+    f.hold_on(b1, p, seat(4));
+    paid(&mut f, h4, "r4", captured("r4"));
+    f.no(
+        svc,
+        Op::ConfirmLate {
+            hold: h4,
+            payment_ref: "r4".into(),
+            codes: vec![[4; 16]],
+        },
+        Code::SeatUnavailable,
+    );
+    paid(
+        &mut f,
+        h4,
+        "r4",
+        PaymentEvent::Refunded {
+            provider_ref: "ref-r4".into(),
+            reason: "seats taken after expiry".into(),
+        },
+    );
+    assert!(f.l.state().ended_holds.iter().any(|e| e.1 == h4));
+    assert!(f.l.ix_open_checkouts().is_empty());
+    // Only a service records payments; a buyer may not.
+    let h5 = f.hold(0, &[5]);
+    extend(&mut f, h5, "r5");
+    f.no(
+        b0,
+        Op::RecordPayment {
+            hold: h5,
+            payment_ref: "r5".into(),
+            event: captured("r5"),
+        },
+        Code::Forbidden,
+    );
+    // Snapshots carry open checkouts and rebuild their index.
+    let snap = f.l.snapshot();
+    let back = Ledger::restore(&snap).unwrap();
+    assert_eq!(back.state_hash(), f.l.state_hash());
+    assert!(back.ix_open_checkouts().contains(&h5));
+}

@@ -438,6 +438,60 @@ pub fn hold_view(l: &Ledger, h: &Hold) -> api::Hold {
     }
 }
 
+/// The checkout of a hold, if it was extended into one.
+pub fn checkout_view(h: &Hold) -> Option<api::Checkout> {
+    let c = h.checkout.as_ref()?;
+    let (state, provider_ref, reason) = match c {
+        Checkout::Started => (api::CheckoutState::Started, None, None),
+        Checkout::Captured { provider_ref } => {
+            (api::CheckoutState::Captured, Some(provider_ref), None)
+        }
+        Checkout::Booked => (api::CheckoutState::Booked, None, None),
+        Checkout::Failed { reason } => (api::CheckoutState::Failed, None, Some(reason)),
+        Checkout::Refunded {
+            provider_ref,
+            reason,
+        } => (
+            api::CheckoutState::Refunded,
+            Some(provider_ref),
+            Some(reason),
+        ),
+    };
+    let (hold_state, booking_id) = match h.state {
+        HoldState::Live => ("live", None),
+        HoldState::Released => ("released", None),
+        HoldState::Expired => ("expired", None),
+        HoldState::Confirmed(b) => ("confirmed", Some(b.to_string())),
+    };
+    Some(api::Checkout {
+        hold_id: h.id.to_string(),
+        payment_ref: h.payment_ref.clone().unwrap_or_default(),
+        performance_id: h.performance.to_string(),
+        amount_minor: h.amount.amount_minor,
+        currency: h.amount.currency.to_string(),
+        state,
+        provider_ref: provider_ref.cloned(),
+        booking_id,
+        reason: reason.cloned(),
+        hold_state: hold_state.into(),
+        hold_expires_at_ms: h.expires_at_ms,
+    })
+}
+
+pub fn payment_event(e: api::PaymentEvent) -> PaymentEvent {
+    match e {
+        api::PaymentEvent::Captured { provider_ref } => PaymentEvent::Captured { provider_ref },
+        api::PaymentEvent::Failed { reason } => PaymentEvent::Failed { reason },
+        api::PaymentEvent::Refunded {
+            provider_ref,
+            reason,
+        } => PaymentEvent::Refunded {
+            provider_ref,
+            reason,
+        },
+    }
+}
+
 pub fn booking_view(l: &Ledger, b: &Booking) -> api::Booking {
     let perf = &l.state().performances[&b.performance];
     let venue = &l.state().venues[&perf.venue];

@@ -42,6 +42,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/holds/{id}", get(get_hold).delete(release_hold))
         .route("/v1/holds/{id}/extend", post(extend_hold))
         .route("/v1/holds/{id}/confirm", post(confirm_hold))
+        .route("/v1/holds/{id}/confirm-late", post(confirm_late))
+        .route("/v1/holds/{id}/payment", post(record_payment))
+        .route("/v1/holds/{id}/checkout", get(get_checkout))
+        .route("/v1/checkouts", get(list_checkouts))
         .route("/v1/bookings/{id}", get(get_booking))
         .route("/v1/bookings/{id}/refund", post(refund_booking))
         .merge(crate::admin::router())
@@ -565,8 +569,31 @@ async fn confirm_hold(
     Path(id): Path<String>,
     Body(b): Body<api::ConfirmHold>,
 ) -> Result<Response> {
-    let hold: HoldId = parse_id(&id, "hold")?;
-    let principal = authenticate(&app, &headers).await?;
+    book(&app, &headers, &id, b.payment_ref, false).await
+}
+
+/// The written rule for a payment that landed after its hold expired: the same seats are
+/// booked if all are still free, else 409 `seat_unavailable` (the payments service refunds).
+async fn confirm_late(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(b): Body<api::ConfirmHold>,
+) -> Result<Response> {
+    book(&app, &headers, &id, b.payment_ref, true).await
+}
+
+/// Confirm a live hold, or (late) an expired one in checkout, into a booking with one random
+/// check-in code per ticket, drawn here on the proposer.
+async fn book(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    id: &str,
+    payment_ref: String,
+    late: bool,
+) -> Result<Response> {
+    let hold: HoldId = parse_id(id, "hold")?;
+    let principal = authenticate(app, headers).await?;
     let quantity = app
         .read(Consistency::Stale, |l| {
             l.state().holds.get(&hold).map(|h| h.quantity())
@@ -575,18 +602,20 @@ async fn confirm_hold(
     let codes = (0..quantity.unwrap_or(0))
         .map(|_| rand::random::<CheckInCode>())
         .collect();
-    match write_as(
-        &app,
-        &headers,
-        principal,
+    let op = if late {
+        Op::ConfirmLate {
+            hold,
+            payment_ref,
+            codes,
+        }
+    } else {
         Op::ConfirmHold {
             hold,
-            payment_ref: b.payment_ref,
+            payment_ref,
             codes,
-        },
-    )
-    .await?
-    {
+        }
+    };
+    match write_as(app, headers, principal, op).await? {
         Reply::BookingConfirmed(r) => {
             let view = app
                 .read(Consistency::Stale, |l| {
@@ -601,6 +630,152 @@ async fn confirm_hold(
         }
         other => Err(unexpected(&other)),
     }
+}
+
+async fn record_payment(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(b): Body<api::RecordPayment>,
+) -> Result<Json<api::Checkout>> {
+    let hold: HoldId = parse_id(&id, "hold")?;
+    let principal = authenticate(&app, &headers).await?;
+    let op = Op::RecordPayment {
+        hold,
+        payment_ref: b.payment_ref,
+        event: crate::convert::payment_event(b.event),
+    };
+    match write_as(&app, &headers, principal, op).await? {
+        Reply::PaymentRecorded { .. } => {}
+        other => return Err(unexpected(&other)),
+    }
+    checkout_of(&app, principal, hold, Consistency::Stale).await
+}
+
+async fn get_checkout(
+    State(app): AppState,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ReadParams>,
+) -> Result<Json<api::Checkout>> {
+    let hold: HoldId = parse_id(&id, "hold")?;
+    let principal = authenticate(&app, &headers).await?;
+    checkout_of(&app, principal, hold, q.consistency()?).await
+}
+
+/// A hold's checkout as its buyer, a service or an operator may see it.
+async fn checkout_of(
+    app: &Arc<App>,
+    principal: Principal,
+    hold: HoldId,
+    c: Consistency,
+) -> Result<Json<api::Checkout>> {
+    // Ownership first: the same answer (403/404) as reading the hold itself.
+    app.visible_hold(principal, hold, c).await?;
+    let view = app
+        .read(Consistency::Stale, |l| {
+            l.state()
+                .holds
+                .get(&hold)
+                .and_then(crate::convert::checkout_view)
+        })
+        .await?;
+    view.map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "hold {hold} has no checkout: it was never extended with a payment_ref"
+        ))
+    })
+}
+
+/// Checkouts for the payments service, in hold-id order: `?open=true` (the default) lists
+/// those still waiting for a payment outcome; `?open=false` every hold still kept that has a
+/// checkout (a page scans at most `MAX_CHECKOUT_SCAN` holds and may come back short).
+async fn list_checkouts(
+    State(app): AppState,
+    headers: HeaderMap,
+    Query(q): Query<CheckoutParams>,
+) -> Result<Json<api::CheckoutList>> {
+    const MAX_CHECKOUT_SCAN: usize = 100_000;
+    let principal = authenticate(&app, &headers).await?;
+    if !app.is_service_or_operator(principal).await? {
+        return Err(ApiError::forbidden(
+            "listing checkouts needs a service or operator key",
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={MAX_PAGE}"
+        )));
+    }
+    let after: Option<HoldId> = match &q.after {
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| ApiError::bad_request("after must be a hold id"))?,
+        ),
+        None => None,
+    };
+    let consistency = match q.consistency.as_deref() {
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some("stale") => Consistency::Stale,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "consistency must be linearizable or stale, not {other:?}"
+            )));
+        }
+    };
+    let open_only = q.open.unwrap_or(true);
+    let list = app
+        .read(consistency, |l| {
+            let mut checkouts = Vec::with_capacity(limit.min(1024));
+            let mut last_seen = None;
+            let mut more = false;
+            if open_only {
+                for h in l.open_checkouts(after) {
+                    if checkouts.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    checkouts.extend(crate::convert::checkout_view(h));
+                    last_seen = Some(h.id);
+                }
+            } else {
+                let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+                for (scanned, h) in l
+                    .state()
+                    .holds
+                    .range((from, std::ops::Bound::Unbounded))
+                    .map(|(_, h)| h)
+                    .enumerate()
+                {
+                    if checkouts.len() == limit || scanned == MAX_CHECKOUT_SCAN {
+                        more = true;
+                        break;
+                    }
+                    checkouts.extend(crate::convert::checkout_view(h));
+                    last_seen = Some(h.id);
+                }
+            }
+            api::CheckoutList {
+                checkouts,
+                next: if more {
+                    last_seen.map(|h| h.to_string())
+                } else {
+                    None
+                },
+            }
+        })
+        .await?;
+    Ok(Json(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutParams {
+    open: Option<bool>,
+    after: Option<String>,
+    limit: Option<usize>,
+    consistency: Option<String>,
 }
 
 async fn get_booking(
