@@ -140,6 +140,11 @@ impl Metrics {
             g.applied_index,
         );
         gauge(
+            "ticketledger_raft_purged_index",
+            "Last log index purged behind a snapshot (a node behind it catches up by snapshot).",
+            g.purged_index,
+        );
+        gauge(
             "ticketledger_raft_apply_lag",
             "Committed but not yet applied entries.",
             g.committed_index.saturating_sub(g.applied_index),
@@ -244,10 +249,11 @@ mod tests {
             seats_sold: 0,
             seats_held: 0,
             queue_waiting: 0,
-            purged_index: 0,
+            purged_index: 5,
         };
         let text = m.render(&g);
         assert!(text.contains("ticketledger_raft_apply_lag 1"));
+        assert!(text.contains("ticketledger_raft_purged_index 5"));
         assert!(
             text.contains("ticketledger_request_seconds_bucket{route=\"write\",le=\"0.0005\"} 1")
         );

@@ -371,7 +371,10 @@ impl RaftStateMachine<C> for StateMachineStore {
         g.ledger = ledger;
         g.last_applied = meta.last_log_id;
         g.membership = meta.last_membership.clone();
+        let size = bytes.len();
         g.current = Some((meta.clone(), Arc::new(bytes)));
+        drop(g);
+        tracing::info!(last_log = ?meta.last_log_id, bytes = size, "installed a snapshot from the leader");
         Ok(())
     }
 
