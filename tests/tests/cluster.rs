@@ -1,5 +1,6 @@
 //! Multi-node tests with real ticketd processes on free ports (issue 5).
 
+use client::Client;
 use cluster_tests::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -822,5 +823,60 @@ async fn a_checkout_is_recorded_listed_and_settled_over_http() {
         buyer.checkout(&h3.hold_id).await.unwrap_err().code(),
         Some("not_found")
     );
+    t.converged(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buyers_sign_up_log_in_and_act_with_their_token_on_any_node() {
+    let t = TestCluster::start(3, &["--argon2-memory-kib=64", "--argon2-iterations=1"])
+        .await
+        .unwrap();
+    let cat = catalog(&t, 2, 1).await.unwrap();
+    let nodes: Vec<String> = t.c().nodes.iter().map(|n| n.http.clone()).collect();
+    let anon = Client::new(nodes.clone());
+    let s = anon
+        .signup("Ana@Example.com", "correct horse", "Ana")
+        .await
+        .unwrap();
+    // The same email again (any case) is a conflict, not a second account.
+    let e = anon
+        .signup("ana@example.com", "another pass", "Ana 2")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("already_exists"), "{e}");
+    for (email, pass) in [("ana@example.com", "wrong horse"), ("bob@example.com", "x")] {
+        let e = anon.login(email, pass).await.unwrap_err();
+        assert_eq!(e.status(), Some(401), "{e}");
+    }
+    let e = anon
+        .signup("c@example.com", "short", "C")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(422), "{e}");
+    // A login on another node gives a token every node accepts.
+    let login = Client::new(vec![nodes[2].clone()])
+        .login("ana@example.com", "correct horse")
+        .await
+        .unwrap();
+    assert_eq!(login.user_id, s.user_id);
+    for (i, url) in nodes.iter().enumerate() {
+        let ana = Client::new(vec![url.clone()]).with_key(&login.token);
+        let seat = format!("A:1:{}", i + 1);
+        let h = ana
+            .hold(&seats_hold(&cat.performance, &[&seat]))
+            .await
+            .unwrap();
+        ana.get_hold(&h.hold_id).await.unwrap();
+        // Another buyer cannot see it; a forged or altered token is refused.
+        let e = cat.buyers[0].get_hold(&h.hold_id).await.unwrap_err();
+        assert_eq!(e.status(), Some(403), "{e}");
+    }
+    let forged = login.token.replacen(&login.user_id[2..], "999999", 1);
+    let e = Client::new(nodes.clone())
+        .with_key(forged)
+        .get_hold("h_1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
     t.converged(Duration::from_secs(10)).await.unwrap();
 }

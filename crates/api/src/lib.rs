@@ -415,6 +415,31 @@ pub struct CreateApiKey {
     pub role: String,
 }
 
+/// `POST /v1/auth/signup`: a buyer account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signup {
+    pub email: String,
+    /// 8..=256 bytes; hashed with Argon2id by the node, never stored or logged in clear.
+    pub password: String,
+    pub name: String,
+}
+
+/// `POST /v1/auth/login`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    pub email: String,
+    pub password: String,
+}
+
+/// A signup (201) or login (200): a bearer token for `Authorization: Bearer <token>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub user_id: String,
+    pub token: String,
+    pub expires_at: String,
+    pub expires_at_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyCreated {
     pub key_id: String,

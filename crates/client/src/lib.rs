@@ -596,6 +596,29 @@ impl Client {
     // ------------------------------------------------------------ catalog
 
     /// `POST /v1/api-keys`: `role` is `buyer`, `organizer`, `service` or `operator`.
+    /// `POST /v1/auth/signup`: a buyer account and a first session. Not retried with an
+    /// idempotency key (the server refuses one); a retry after an ambiguous failure gets
+    /// `already_exists` (409): log in then.
+    pub async fn signup(&self, email: &str, password: &str, name: &str) -> Result<api::Session> {
+        let body = api::Signup {
+            email: email.into(),
+            password: password.into(),
+            name: name.into(),
+        };
+        self.send_keyed(Method::POST, "/v1/auth/signup", Some(&body), None)
+            .await
+    }
+
+    /// `POST /v1/auth/login`: a bearer token; use it with [`Client::with_key`].
+    pub async fn login(&self, email: &str, password: &str) -> Result<api::Session> {
+        let body = api::Login {
+            email: email.into(),
+            password: password.into(),
+        };
+        self.send_keyed(Method::POST, "/v1/auth/login", Some(&body), None)
+            .await
+    }
+
     pub async fn create_api_key(&self, name: &str, role: &str) -> Result<api::ApiKeyCreated> {
         let body = api::CreateApiKey {
             name: name.into(),

@@ -40,6 +40,7 @@ pub struct App {
     pub ledger: LedgerHandle,
     pub metrics: Metrics,
     pub peers: Peers,
+    pub passwords: crate::auth::Passwords,
     inflight: Arc<Semaphore>,
 }
 
@@ -53,7 +54,10 @@ impl App {
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
         let peers = Peers::new(cfg.request_timeout);
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_inflight);
+        let passwords = crate::auth::Passwords::new(cfg.argon2_memory_kib, cfg.argon2_iterations)
+            .expect("Argon2 parameters are range-checked by Config::load");
         App {
+            passwords,
             cfg,
             proposals: tx,
             proposals_rx: std::sync::Mutex::new(Some(rx)),

@@ -57,6 +57,16 @@ pub struct Cli {
     /// Test only: add this many milliseconds to this node's clock (clock-skew experiments).
     #[arg(long, env = "TICKETLEDGER_CLOCK_OFFSET_MS", allow_hyphen_values = true)]
     pub clock_offset_ms: Option<i64>,
+    /// Argon2id memory per password hash, KiB (default 19456, OWASP's minimum; lower only
+    /// for demos and tests).
+    #[arg(long, env = "TICKETLEDGER_ARGON2_MEMORY_KIB")]
+    pub argon2_memory_kib: Option<u32>,
+    /// Argon2id passes per password hash (default 2).
+    #[arg(long, env = "TICKETLEDGER_ARGON2_ITERATIONS")]
+    pub argon2_iterations: Option<u32>,
+    /// Lifetime of a login token, seconds (default 3600).
+    #[arg(long, env = "TICKETLEDGER_TOKEN_TTL_SECS")]
+    pub token_ttl_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -75,6 +85,9 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     max_inflight: Option<usize>,
     clock_offset_ms: Option<i64>,
+    argon2_memory_kib: Option<u32>,
+    argon2_iterations: Option<u32>,
+    token_ttl_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +105,9 @@ pub struct Config {
     pub snapshot_every: u64,
     pub max_inflight: usize,
     pub clock_offset_ms: i64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub token_ttl: Duration,
 }
 
 impl Config {
@@ -144,7 +160,28 @@ impl Config {
         if !(100..=600_000).contains(&request_timeout_ms) {
             bail!("--request-timeout-ms must be 100..=600000");
         }
+        let argon2_memory_kib = cli
+            .argon2_memory_kib
+            .or(file.argon2_memory_kib)
+            .unwrap_or(19_456);
+        if !(8..=1_048_576).contains(&argon2_memory_kib) {
+            bail!("--argon2-memory-kib must be 8..=1048576");
+        }
+        let argon2_iterations = cli
+            .argon2_iterations
+            .or(file.argon2_iterations)
+            .unwrap_or(2);
+        if !(1..=16).contains(&argon2_iterations) {
+            bail!("--argon2-iterations must be 1..=16");
+        }
+        let token_ttl_secs = cli.token_ttl_secs.or(file.token_ttl_secs).unwrap_or(3_600);
+        if !(10..=7 * 24 * 3_600).contains(&token_ttl_secs) {
+            bail!("--token-ttl-secs must be 10..=604800 (a week)");
+        }
         Ok(Config {
+            argon2_memory_kib,
+            argon2_iterations,
+            token_ttl: Duration::from_secs(token_ttl_secs),
             id,
             data_dir,
             http_addr,

@@ -25,6 +25,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/auth/signup", post(signup))
+        .route("/v1/auth/login", post(login))
         .route("/v1/api-keys", post(create_api_key))
         .route("/v1/venues", post(create_venue))
         .route("/v1/venues/{id}", get(get_venue))
@@ -145,6 +147,9 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
         .ok_or_else(|| {
             ApiError::unauthenticated("the Authorization header must be `Bearer <api key>`")
         })?;
+    if crate::auth::looks_like_token(token) {
+        return authenticate_token(app, token).await;
+    }
     let digest = *blake3::hash(token.as_bytes()).as_bytes();
     let lookup = |l: &Ledger| l.api_key_by_digest(&digest).map(|k| (k.id, k.revoked));
     // A key made a moment ago may not be applied here yet: look again after a read index.
@@ -156,6 +161,95 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
         Some((id, false)) => Ok(Principal::ApiKey(id)),
         Some((_, true)) => Err(ApiError::unauthenticated("this API key was revoked")),
         None => Err(ApiError::unauthenticated("unknown API key")),
+    }
+}
+
+/// A login token: its MAC under the cluster's secret, its expiry by this node's clock, and
+/// a user that exists (a token minted a moment ago on another node may name a user not yet
+/// applied here: look again after a read index).
+async fn authenticate_token(app: &App, token: &str) -> Result<Principal> {
+    let secret = app
+        .read(Consistency::Stale, |l| l.state().token_secret)
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("the cluster is not initialized"))?;
+    let user = crate::auth::verify(&secret, token, app.now_ms())?;
+    let exists = |l: &Ledger| l.state().users.contains_key(&user);
+    if app.read(Consistency::Stale, exists).await?
+        || app.read(Consistency::Linearizable, exists).await?
+    {
+        Ok(Principal::User(user))
+    } else {
+        Err(ApiError::unauthenticated("the token names no account"))
+    }
+}
+
+fn session(app: &App, secret: &Digest32, user: UserId) -> api::Session {
+    let expires_at_ms = app.now_ms() + app.cfg.token_ttl.as_millis() as u64;
+    api::Session {
+        user_id: user.to_string(),
+        token: crate::auth::mint(secret, user, expires_at_ms),
+        expires_at: crate::time::rfc3339(expires_at_ms),
+        expires_at_ms,
+    }
+}
+
+async fn token_secret(app: &App) -> Result<Digest32> {
+    app.read(Consistency::Stale, |l| l.state().token_secret)
+        .await?
+        .ok_or_else(|| ApiError::unavailable("not_initialized", "the cluster is not initialized"))
+}
+
+/// `POST /v1/auth/signup`: a buyer account; the password is hashed here, before proposing.
+async fn signup(
+    State(app): AppState,
+    headers: HeaderMap,
+    Body(b): Body<api::Signup>,
+) -> Result<Response> {
+    let secret = token_secret(&app).await?;
+    let password_hash = app.passwords.hash(b.password).await?;
+    let op = Op::CreateUser {
+        email: b.email,
+        name: b.name,
+        password_hash,
+        role: Role::Buyer,
+    };
+    // No Idempotency-Key here: anonymous signups all propose as the system, so a key would
+    // be shared between strangers (a replay could hand one the other's account). A retried
+    // signup is answered 409 `already_exists`; log in instead.
+    if headers.contains_key(api::IDEMPOTENCY_KEY_HEADER) {
+        return Err(ApiError::bad_request(
+            "signup takes no Idempotency-Key: a retry is answered 409 already_exists; log in",
+        ));
+    }
+    match app.write(Principal::System, None, op).await? {
+        Outcome::Ok(Reply::UserCreated { user }) => Ok(created(session(&app, &secret, user))),
+        Outcome::Ok(other) => Err(unexpected(&other)),
+        Outcome::Rejected(r) => Err(r.into()),
+    }
+}
+
+/// `POST /v1/auth/login`: the same answer for an unknown email and a wrong password.
+async fn login(State(app): AppState, Body(b): Body<api::Login>) -> Result<Json<api::Session>> {
+    let secret = token_secret(&app).await?;
+    let email = b.email.to_ascii_lowercase();
+    let lookup = |l: &Ledger| {
+        l.user_by_email(&email)
+            .map(|u| (u.id, u.password_hash.clone()))
+    };
+    let found = match app.read(Consistency::Stale, lookup).await? {
+        Some(u) => Some(u),
+        None => app.read(Consistency::Linearizable, lookup).await?,
+    };
+    let wrong = || ApiError::unauthenticated("wrong email or password");
+    let Some((user, stored)) = found else {
+        // Spend the same time as a real check, so timing does not tell which emails exist.
+        let _ = app.passwords.hash("timing-equalizer".into()).await;
+        return Err(wrong());
+    };
+    if app.passwords.verify(b.password, stored).await? {
+        Ok(Json(session(&app, &secret, user)))
+    } else {
+        Err(wrong())
     }
 }
 
