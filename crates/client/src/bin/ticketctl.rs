@@ -45,10 +45,10 @@ enum Cmd {
     /// A local 3-node cluster and an on-sale you watch sell out, with checks at the end.
     Demo {
         /// Seats in the venue (up to 100000).
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, default_value_t = 20_000)]
         seats: u32,
-        /// Concurrent simulated buyers.
-        #[arg(long, default_value_t = 200)]
+        /// Simulated buyers (each a signed-up account with one place in the waiting room).
+        #[arg(long, default_value_t = 200_000)]
         buyers: usize,
         /// Kill the leader with SIGKILL when half is sold, restart it at the end.
         #[arg(long)]
@@ -56,6 +56,12 @@ enum Cmd {
         /// Where the cluster's data goes (default: a temporary directory, removed after).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Admissions per second from the waiting room (default: a tenth of the seats).
+        #[arg(long, default_value_t = 0)]
+        admission_rate: u32,
+        /// Percent of buyers who join the pre-queue before the sale opens.
+        #[arg(long, default_value_t = 30)]
+        prequeue_percent: u32,
     },
     /// A local cluster of real ticketd processes.
     #[command(subcommand)]
@@ -345,12 +351,17 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             buyers,
             kill_leader,
             dir,
+            admission_rate,
+            prequeue_percent,
         } => {
             client::demo::run(client::demo::DemoOptions {
                 seats: *seats,
                 buyers: *buyers,
                 kill_leader: *kill_leader,
                 dir: dir.clone(),
+                admission_rate: *admission_rate,
+                prequeue_percent: *prequeue_percent,
+                payments: None,
             })
             .await
         }
