@@ -287,3 +287,53 @@ fn dev_up_failures_are_clear_and_leave_nothing_running() {
         "a failed start leaves no cluster behind"
     );
 }
+
+/// The demo end to end, small: waiting room, signups, holds, payments, a `kill -9` of the
+/// leader halfway, and every check of the summary passing (the report says which ran).
+#[test]
+fn the_demo_sells_out_through_a_leader_kill_and_every_check_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cluster");
+    let report = dir.path().join("report");
+    let _kill = KillOnDrop(data.clone());
+    let out = Command::new(TICKETCTL)
+        .args([
+            "demo",
+            "--seats",
+            "400",
+            "--buyers",
+            "3000",
+            "--kill-leader",
+        ])
+        .arg("--dir")
+        .arg(&data)
+        .arg("--report")
+        .arg(&report)
+        .env_remove("TICKETLEDGER_URL")
+        .env_remove("TICKETLEDGER_KEY")
+        .output()
+        .expect("running ticketctl demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed\nstdout:\n{stdout}\nstderr (tail):\n{}",
+        &stderr[stderr.len().saturating_sub(4000)..]
+    );
+    assert!(
+        stderr.contains("--kill-leader: kill -9 of node"),
+        "{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    let checks = json["checks"].as_array().unwrap();
+    assert!(checks.len() >= 5, "{checks:?}");
+    assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
+    assert_eq!(json["summary"]["seats"], 400);
+    assert!(json["series"].as_array().unwrap().len() > 2);
+    assert!(
+        std::fs::read_to_string(report.join("sales.svg"))
+            .unwrap()
+            .contains("<polyline")
+    );
+}

@@ -60,8 +60,12 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         admission_rate: u32,
         /// Percent of buyers who join the pre-queue before the sale opens.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 2)]
         prequeue_percent: u32,
+        /// Where the report goes (report.json with the summary, checks and time series;
+        /// sales.svg, a chart of sales over time).
+        #[arg(long, default_value = "ticketctl-demo-report")]
+        report: PathBuf,
     },
     /// A local cluster of real ticketd processes.
     #[command(subcommand)]
@@ -353,6 +357,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             dir,
             admission_rate,
             prequeue_percent,
+            report,
         } => {
             client::demo::run(client::demo::DemoOptions {
                 seats: *seats,
@@ -362,6 +367,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 admission_rate: *admission_rate,
                 prequeue_percent: *prequeue_percent,
                 payments: None,
+                report_dir: report.clone(),
             })
             .await
         }
