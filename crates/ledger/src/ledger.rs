@@ -1496,7 +1496,6 @@ impl Ledger {
             performances,
             venues,
             hold_expiry,
-            ended_holds,
             ..
         } = &mut self.s;
         let hold = holds.get_mut(&id).expect("exists");
@@ -1512,8 +1511,8 @@ impl Ledger {
         hold.state = HoldState::Live;
         hold.expires_at_ms = revived_until_ms;
         hold_expiry.insert((hold.expires_at_ms, id));
-        // An expired hold with an open checkout was never queued for forgetting.
-        debug_assert!(!ended_holds.iter().any(|e| e.1 == id));
+        // An expired hold with an open checkout was never queued for forgetting (checked by
+        // `check_invariants`), so nothing is taken out of `ended_holds` here.
         *self
             .ix
             .live_holds
@@ -1536,6 +1535,20 @@ impl Ledger {
         event: PaymentEvent,
     ) -> Result<Reply> {
         self.require(p, &[Role::Service, Role::Operator], "record payments")?;
+        // The event itself first: a malformed one is 422 whatever the checkout's state.
+        match &event {
+            PaymentEvent::Captured { provider_ref } => {
+                check_text("provider_ref", provider_ref, 1, MAX_REF_LEN)?
+            }
+            PaymentEvent::Failed { reason } => check_text("reason", reason, 1, MAX_REF_LEN)?,
+            PaymentEvent::Refunded {
+                provider_ref,
+                reason,
+            } => {
+                check_text("provider_ref", provider_ref, 1, MAX_REF_LEN)?;
+                check_text("reason", reason, 1, MAX_REF_LEN)?;
+            }
+        }
         let Some(hold) = self.s.holds.get(&id) else {
             return reject(Code::NotFound, format!("no hold {id}"));
         };
@@ -1603,19 +1616,6 @@ impl Ledger {
                 );
             }
         };
-        match &event {
-            PaymentEvent::Captured { provider_ref } => {
-                check_text("provider_ref", provider_ref, 1, MAX_REF_LEN)?
-            }
-            PaymentEvent::Failed { reason } => check_text("reason", reason, 1, MAX_REF_LEN)?,
-            PaymentEvent::Refunded {
-                provider_ref,
-                reason,
-            } => {
-                check_text("provider_ref", provider_ref, 1, MAX_REF_LEN)?;
-                check_text("reason", reason, 1, MAX_REF_LEN)?;
-            }
-        }
         // Valid: mutate.
         let (live, performance) = (hold.state == HoldState::Live, hold.performance);
         let closes = !next.is_open();

@@ -59,11 +59,7 @@ fn the_prequeue_is_a_uniform_shuffle_and_late_joiners_are_fifo() {
     let mut perms = [0u64; 24];
     let mut by_position = [[0u64; EARLY]; EARLY];
     for run in 0..RUNS {
-        let mut f = Fix {
-            l: base.l.clone(),
-            buyers: buyers.clone(),
-            ..fix_like(&base)
-        };
+        let mut f = base.clone();
         let seed = *blake3::hash(&(run as u64).to_le_bytes()).as_bytes();
         let mut s = spec(f.event, f.venue, true);
         if let Some(w) = s.waiting_room.as_mut() {
@@ -131,23 +127,6 @@ fn the_prequeue_is_a_uniform_shuffle_and_late_joiners_are_fifo() {
     let mut skewed = [(RUNS / 24) as u64; 24];
     skewed[5] += skewed[5] / 2;
     assert!(chi2(&skewed, RUNS as f64 / 24.0) > CHI2_23_P001);
-}
-
-/// The fixture's ids and principals, with a fresh clock and log position.
-fn fix_like(base: &Fix) -> Fix {
-    Fix {
-        l: Ledger::new(),
-        i: base.i,
-        now: base.now,
-        org: base.org,
-        org2: base.org2,
-        buyers: vec![],
-        svc: base.svc,
-        venue: base.venue,
-        event: base.event,
-        p: base.p,
-        r: base.r,
-    }
 }
 
 #[test]

@@ -701,6 +701,18 @@ fn a_checkout_lives_in_the_ledger_until_the_payment_is_settled() {
     );
     f.confirm(h1, 1);
     assert_eq!(f.l.state().holds[&h1].checkout, Some(Checkout::Booked));
+    // A malformed event is invalid input whatever the checkout's state.
+    f.no(
+        svc,
+        Op::RecordPayment {
+            hold: h1,
+            payment_ref: "pay".into(),
+            event: PaymentEvent::Captured {
+                provider_ref: String::new(),
+            },
+        },
+        Code::InvalidInput,
+    );
     assert!(!f.l.ix_open_checkouts().contains(&h1));
     // 2. Declined: the hold is released at once and the seat is on sale again.
     let h2 = f.hold(0, &[2]);

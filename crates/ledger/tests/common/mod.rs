@@ -10,6 +10,7 @@ use ledger::*;
 pub const T0: u64 = 1_700_000_000_000;
 pub const OP: Principal = Principal::ApiKey(ApiKeyId(1));
 
+#[derive(Clone)]
 pub struct Fix {
     pub l: Ledger,
     pub i: u64,
