@@ -38,6 +38,14 @@ impl Passwords {
         })
     }
 
+    /// One of the per-core slots a hash runs in.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("password hashing stopped"))
+    }
+
     fn argon2(&self) -> Argon2<'static> {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
     }
@@ -54,11 +62,7 @@ impl Passwords {
     /// The PHC string (`$argon2id$v=19$m=…`) to store; a fresh random salt each time.
     pub async fn hash(&self, password: String) -> Result<Vec<u8>, ApiError> {
         Self::check_password(&password)?;
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ApiError::internal("password hashing stopped"))?;
+        let _permit = self.permit().await?;
         let argon2 = self.argon2();
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
@@ -77,11 +81,7 @@ impl Passwords {
         if password.len() > MAX_PASSWORD_LEN {
             return Ok(false);
         }
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ApiError::internal("password hashing stopped"))?;
+        let _permit = self.permit().await?;
         let argon2 = self.argon2();
         tokio::task::spawn_blocking(move || {
             let Ok(text) = std::str::from_utf8(&stored) else {

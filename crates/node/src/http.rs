@@ -123,13 +123,17 @@ pub struct ReadParams {
 
 impl ReadParams {
     fn consistency(&self) -> Result<Consistency> {
-        match self.consistency.as_deref() {
-            None | Some("linearizable") => Ok(Consistency::Linearizable),
-            Some("stale") => Ok(Consistency::Stale),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "consistency must be linearizable or stale, not {other:?}"
-            ))),
-        }
+        parse_consistency(self.consistency.as_deref())
+    }
+}
+
+fn parse_consistency(given: Option<&str>) -> Result<Consistency> {
+    match given {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "consistency must be linearizable or stale, not {other:?}"
+        ))),
     }
 }
 
@@ -168,10 +172,7 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
 /// a user that exists (a token minted a moment ago on another node may name a user not yet
 /// applied here: look again after a read index).
 async fn authenticate_token(app: &App, token: &str) -> Result<Principal> {
-    let secret = app
-        .read(Consistency::Stale, |l| l.state().token_secret)
-        .await?
-        .ok_or_else(|| ApiError::unauthenticated("the cluster is not initialized"))?;
+    let secret = token_secret(app).await?;
     let user = crate::auth::verify(&secret, token, app.now_ms())?;
     let exists = |l: &Ledger| l.state().users.contains_key(&user);
     if app.read(Consistency::Stale, exists).await?
@@ -205,14 +206,6 @@ async fn signup(
     headers: HeaderMap,
     Body(b): Body<api::Signup>,
 ) -> Result<Response> {
-    let secret = token_secret(&app).await?;
-    let password_hash = app.passwords.hash(b.password).await?;
-    let op = Op::CreateUser {
-        email: b.email,
-        name: b.name,
-        password_hash,
-        role: Role::Buyer,
-    };
     // No Idempotency-Key here: anonymous signups all propose as the system, so a key would
     // be shared between strangers (a replay could hand one the other's account). A retried
     // signup is answered 409 `already_exists`; log in instead.
@@ -221,6 +214,14 @@ async fn signup(
             "signup takes no Idempotency-Key: a retry is answered 409 already_exists; log in",
         ));
     }
+    let secret = token_secret(&app).await?;
+    let password_hash = app.passwords.hash(b.password).await?;
+    let op = Op::CreateUser {
+        email: b.email,
+        name: b.name,
+        password_hash,
+        role: Role::Buyer,
+    };
     match app.write(Principal::System, None, op).await? {
         Outcome::Ok(Reply::UserCreated { user }) => Ok(created(session(&app, &secret, user))),
         Outcome::Ok(other) => Err(unexpected(&other)),
@@ -809,19 +810,13 @@ async fn list_checkouts(
         ),
         None => None,
     };
-    let consistency = match q.consistency.as_deref() {
-        None | Some("linearizable") => Consistency::Linearizable,
-        Some("stale") => Consistency::Stale,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "consistency must be linearizable or stale, not {other:?}"
-            )));
-        }
-    };
+    let consistency = parse_consistency(q.consistency.as_deref())?;
     let open_only = q.open.unwrap_or(true);
     let list = app
         .read(consistency, |l| {
             let mut checkouts = Vec::with_capacity(limit.min(1024));
+            // The cursor is the last hold looked at, listed or not: a page that scanned
+            // MAX_CHECKOUT_SCAN holds without one checkout still moves on.
             let mut last_seen = None;
             let mut more = false;
             if open_only {
