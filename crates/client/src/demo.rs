@@ -4,8 +4,9 @@
 //! cluster), a venue, an event and a performance with a waiting room whose seed's hash is
 //! published at creation; part of the buyers join the pre-queue before the sale opens.
 //! The sale (timed): the seed is revealed at opening, the rest of the buyers arrive; each
-//! waits for its admission, holds 1–4 random free seats and pays through the payments path;
-//! some abandon, some dawdle past their hold, some are declined, some ask for a refund. A
+//! waits for its admission, holds 1–4 random free seats and pays (for now the demo confirms
+//! with a service key: there is no payments service yet, so nobody is declined); some
+//! abandon, some dawdle past their hold, some ask for a refund. A
 //! live line shows the queue, admitted, held, sold, requests/s and p99. At the end: a summary
 //! and the checks (no seat sold twice, sold + held + available = capacity, revenue = bookings
 //! − refunds = what the payment provider kept, FIFO admission among those who joined after
@@ -29,8 +30,6 @@ pub struct DemoOptions {
     pub admission_rate: u32,
     /// Share of buyers, in percent, who join before the sale opens.
     pub prequeue_percent: u32,
-    /// The payments service (`ticket-payments`) and its provider, when they run.
-    pub payments: Option<PaymentsOptions>,
     /// Where the report (`report.json`, `sales.svg`) goes.
     pub report_dir: std::path::PathBuf,
 }
@@ -44,12 +43,6 @@ struct Sample {
     waiting: u32,
     admitted: u32,
     requests: u64,
-}
-
-/// Where the payments service is; `None` in [`DemoOptions`] confirms with a service key.
-#[derive(Clone)]
-pub struct PaymentsOptions {
-    pub service_url: String,
 }
 
 /// Most buyers doing something other than waiting at once (each is a task with requests in
@@ -70,7 +63,6 @@ struct Stats {
     confirmed: AtomicU64,
     abandoned: AtomicU64,
     too_late: AtomicU64,
-    declined: AtomicU64,
     refunded: AtomicU64,
     told_sold_out: AtomicU64,
     errors: AtomicU64,
@@ -450,7 +442,6 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         ("bookings confirmed", &s.confirmed),
         ("abandoned their hold", &s.abandoned),
         ("paid too late", &s.too_late),
-        ("declined", &s.declined),
         ("refunded", &s.refunded),
         ("errors", &s.errors),
     ] {
@@ -481,7 +472,6 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         ("confirmed", s.confirmed.load(Relaxed)),
         ("abandoned", s.abandoned.load(Relaxed)),
         ("too_late", s.too_late.load(Relaxed)),
-        ("declined", s.declined.load(Relaxed)),
         ("refunded", s.refunded.load(Relaxed)),
         ("errors", s.errors.load(Relaxed)),
         ("p99_us", (s.p99_ms(0) * 1000.0) as u64),
@@ -638,7 +628,7 @@ async fn buyer(
         drop(_p);
         tokio::time::sleep(sale.hold_ttl + Duration::from_millis(500)).await;
     }
-    match pay(sale, b, &hold, &mut r).await {
+    match pay(sale, &hold).await {
         Paid::Booked(bk) => {
             sale.stats.confirmed.fetch_add(1, Relaxed);
             // 2% of buyers ask for their money back.
@@ -648,9 +638,6 @@ async fn buyer(
         }
         Paid::TooLate => {
             sale.stats.too_late.fetch_add(1, Relaxed);
-        }
-        Paid::Declined => {
-            sale.stats.declined.fetch_add(1, Relaxed);
         }
         Paid::Failed(e) => {
             sale.stats.error(&e);
@@ -761,14 +748,12 @@ fn layout(seats: u32) -> Vec<(String, Vec<u32>)> {
 enum Paid {
     Booked(api::Booking),
     TooLate,
-    Declined,
     Failed(Error),
 }
 
-/// Pay for a hold: through the payments service when it runs, else straight to the ledger
-/// with the service key (checkout recorded as captured by no provider at all).
-async fn pay(sale: &Sale, b: &Client, hold: &api::Hold, r: &mut u64) -> Paid {
-    let _ = (b, r);
+/// Pay for a hold: start the checkout (extend into the payment grace) and confirm it with
+/// the service key. No provider is involved yet: the checkout goes from started to booked.
+async fn pay(sale: &Sale, hold: &api::Hold) -> Paid {
     let payment_ref = format!("demo-{}", hold.hold_id);
     // Whatever the answers say, the ledger is asked at the end what became of this hold.
     sale.book
@@ -790,7 +775,6 @@ async fn pay(sale: &Sale, b: &Client, hold: &api::Hold, r: &mut u64) -> Paid {
     match booked {
         Ok(bk) => Paid::Booked(bk),
         Err(e) if is_gone(&e) => Paid::TooLate,
-        Err(e) if e.code() == Some("payment_declined") => Paid::Declined,
         Err(e) => Paid::Failed(e),
     }
 }

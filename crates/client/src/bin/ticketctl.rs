@@ -366,7 +366,6 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 dir: dir.clone(),
                 admission_rate: *admission_rate,
                 prequeue_percent: *prequeue_percent,
-                payments: None,
                 report_dir: report.clone(),
             })
             .await
