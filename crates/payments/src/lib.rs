@@ -1,0 +1,1 @@
+//! The payments service (issue 7). Work in progress.
