@@ -168,6 +168,15 @@ impl Ledger {
         let mut codes = 0usize;
         for (id, b) in &s.bookings {
             ensure!(*id == b.id, "booking {id} keyed wrongly");
+            ensure!(
+                !lookups
+                    || (self.ix.bookings_by_buyer.contains(&(b.buyer, *id))
+                        && self
+                            .ix
+                            .bookings_by_performance
+                            .contains(&(b.performance, *id))),
+                "booking {id} not indexed by buyer and performance"
+            );
             let Some(perf) = s.performances.get(&b.performance) else {
                 return Err(InvariantViolation(format!(
                     "booking {id} names a missing performance"
@@ -219,6 +228,11 @@ impl Ledger {
         ensure!(
             codes == self.ix.ticket_by_code.len(),
             "check-in code index has extra codes"
+        );
+        ensure!(
+            self.ix.bookings_by_buyer.len() == s.bookings.len()
+                && self.ix.bookings_by_performance.len() == s.bookings.len(),
+            "booking indexes have extra entries"
         );
 
         // Seats: every held or sold cell points at its owner; section counts add up.

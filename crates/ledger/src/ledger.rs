@@ -1380,6 +1380,10 @@ impl Ledger {
         }
         let (performance, buyer, amount) = (hold.performance, hold.buyer, hold.amount);
         let count = tickets.len() as u32;
+        self.ix.bookings_by_buyer.insert((buyer, booking_id));
+        self.ix
+            .bookings_by_performance
+            .insert((performance, booking_id));
         bookings.insert(
             booking_id,
             Booking {

@@ -625,6 +625,10 @@ pub struct Indexes {
     pub idempotency_per_principal: IdMap<Principal, usize>,
     /// Holds whose checkout is open, in id order (the payments service pages through them).
     pub open_checkouts: BTreeSet<HoldId>,
+    /// Bookings per buyer and per performance, in id order: "my bookings" and sales reports
+    /// page through them without scanning every booking. Bookings are never removed.
+    pub bookings_by_buyer: BTreeSet<(Principal, BookingId)>,
+    pub bookings_by_performance: BTreeSet<(PerformanceId, BookingId)>,
 }
 
 impl Indexes {
@@ -657,6 +661,8 @@ impl Indexes {
             ix.live_hold_count += 1;
         }
         for b in s.bookings.values() {
+            ix.bookings_by_buyer.insert((b.buyer, b.id));
+            ix.bookings_by_performance.insert((b.performance, b.id));
             for (i, t) in b.tickets.iter().enumerate() {
                 ix.ticket_by_code.insert(t.code, (b.id, i as u32));
                 ix.ticket_by_id.insert(t.id, (b.id, i as u32));

@@ -94,6 +94,40 @@ impl Ledger {
             .map(|id| &self.s.holds[id])
     }
 
+    /// A buyer's bookings in id order, after `after`.
+    pub fn bookings_of(
+        &self,
+        buyer: Principal,
+        after: Option<BookingId>,
+    ) -> impl Iterator<Item = &Booking> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Included((buyer, BookingId(0))), |a| {
+            Bound::Excluded((buyer, a))
+        });
+        self.ix
+            .bookings_by_buyer
+            .range((from, Bound::Unbounded))
+            .take_while(move |(b, _)| *b == buyer)
+            .map(|(_, id)| &self.s.bookings[id])
+    }
+
+    /// A performance's bookings in id order, after `after`.
+    pub fn bookings_for(
+        &self,
+        performance: PerformanceId,
+        after: Option<BookingId>,
+    ) -> impl Iterator<Item = &Booking> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Included((performance, BookingId(0))), |a| {
+            Bound::Excluded((performance, a))
+        });
+        self.ix
+            .bookings_by_performance
+            .range((from, Bound::Unbounded))
+            .take_while(move |(p, _)| *p == performance)
+            .map(|(_, id)| &self.s.bookings[id])
+    }
+
     /// The open-checkout index itself (for tests and metrics).
     pub fn ix_open_checkouts(&self) -> &std::collections::BTreeSet<HoldId> {
         &self.ix.open_checkouts

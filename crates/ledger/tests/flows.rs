@@ -801,3 +801,37 @@ fn a_checkout_lives_in_the_ledger_until_the_payment_is_settled() {
     assert_eq!(back.state_hash(), f.l.state_hash());
     assert!(back.ix_open_checkouts().contains(&h5));
 }
+
+#[test]
+fn bookings_are_listed_per_buyer_and_per_performance_and_survive_a_restore() {
+    let mut f = fix();
+    let (b0, b1, p) = (f.buyers[0], f.buyers[1], f.p);
+    let h1 = f.hold(0, &[0, 1]);
+    let k1 = f.confirm(h1, 2).booking;
+    let h2 = f.hold(1, &[2]);
+    let k2 = f.confirm(h2, 1).booking;
+    let h3 = f.hold(0, &[3]);
+    let k3 = f.confirm(h3, 1).booking;
+    f.l.check_invariants().unwrap();
+    let ids = |it: &mut dyn Iterator<Item = &Booking>| it.map(|b| b.id).collect::<Vec<_>>();
+    assert_eq!(ids(&mut f.l.bookings_of(b0, None)), vec![k1, k3]);
+    assert_eq!(ids(&mut f.l.bookings_of(b0, Some(k1))), vec![k3]);
+    assert_eq!(ids(&mut f.l.bookings_of(b1, None)), vec![k2]);
+    assert_eq!(ids(&mut f.l.bookings_of(f.buyers[2], None)), vec![]);
+    assert_eq!(ids(&mut f.l.bookings_for(p, None)), vec![k1, k2, k3]);
+    assert_eq!(ids(&mut f.l.bookings_for(p, Some(k2))), vec![k3]);
+    assert_eq!(ids(&mut f.l.bookings_for(f.r, None)), vec![]);
+    // A refund keeps the booking listed (with its refunded tickets).
+    f.ok(
+        f.svc,
+        Op::Refund {
+            booking: k1,
+            tickets: vec![],
+            refund_ref: "r".into(),
+        },
+    );
+    let restored = Ledger::restore(&f.l.snapshot()).unwrap();
+    restored.check_invariants().unwrap();
+    assert_eq!(ids(&mut restored.bookings_of(b0, None)), vec![k1, k3]);
+    assert_eq!(ids(&mut restored.bookings_for(p, None)), vec![k1, k2, k3]);
+}
