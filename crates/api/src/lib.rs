@@ -9,6 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod feed;
+#[cfg(feature = "grpc")]
+pub mod grpc;
+
 /// Header carrying an idempotency key on mutating calls.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 /// Media type of errors.

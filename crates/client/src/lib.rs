@@ -38,6 +38,7 @@
 
 pub mod demo;
 pub mod dev;
+pub mod grpc;
 
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;

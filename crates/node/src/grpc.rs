@@ -9,8 +9,9 @@ use ledger::*;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// The generated types and service of `ticketledger.v1` (compiled in crates/api).
 pub mod pb {
-    tonic::include_proto!("ticketledger.v1");
+    pub use api::grpc::*;
 }
 
 pub struct LedgerService {
@@ -35,7 +36,15 @@ impl From<ApiError> for Status {
         };
         let mut s = Status::new(code, format!("{}: {}", e.code, e.detail));
         if let Ok(v) = e.code.parse() {
-            s.metadata_mut().insert("x-ticketledger-code", v);
+            s.metadata_mut().insert(pb::CODE_METADATA, v);
+        }
+        // The HTTP status and Retry-After too, so a client reports the same problem and
+        // backs off the same way over either protocol.
+        s.metadata_mut()
+            .insert(pb::STATUS_METADATA, e.status.as_u16().into());
+        if let Some(secs) = e.retry_after {
+            s.metadata_mut()
+                .insert(pb::RETRY_AFTER_METADATA, secs.into());
         }
         s
     }
@@ -77,6 +86,41 @@ impl LedgerService {
             .visible_hold(p, id, Consistency::Stale)
             .await
             .map(hold_pb)
+    }
+
+    /// One random check-in code per seat of the hold, drawn here on the proposer.
+    async fn codes_for(&self, hold: HoldId) -> std::result::Result<Vec<CheckInCode>, ApiError> {
+        let n = self
+            .app
+            .read(Consistency::Stale, |l| {
+                l.state().holds.get(&hold).map(|h| h.quantity())
+            })
+            .await?;
+        Ok((0..n.unwrap_or(0))
+            .map(|_| rand::random::<CheckInCode>())
+            .collect())
+    }
+
+    /// A hold's checkout as its buyer, a service or an operator may see it.
+    async fn checkout(
+        &self,
+        p: Principal,
+        hold: HoldId,
+        c: Consistency,
+    ) -> std::result::Result<pb::Checkout, ApiError> {
+        // Ownership first: the same answer (403/404) as reading the hold itself.
+        self.app.visible_hold(p, hold, c).await?;
+        self.app
+            .read(Consistency::Stale, |l| {
+                l.state().holds.get(&hold).and_then(checkout_view)
+            })
+            .await?
+            .map(checkout_pb)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "hold {hold} has no checkout: it was never extended with a payment_ref"
+                ))
+            })
     }
 
     async fn booking(
@@ -162,8 +206,203 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+fn feed_event_pb(e: api::feed::FeedEvent) -> pb::FeedEvent {
+    pb::FeedEvent {
+        log_index: e.log_index,
+        at_ms: e.at_ms,
+        changes: e
+            .changes
+            .into_iter()
+            .map(|c| pb::FeedChange {
+                r#type: c.kind,
+                performance_id: c.performance_id.unwrap_or_default(),
+                hold_id: c.hold_id.unwrap_or_default(),
+                booking_id: c.booking_id.unwrap_or_default(),
+                queue_id: c.queue_id.unwrap_or_default(),
+                ticket_id: c.ticket_id.unwrap_or_default(),
+                buyer: c.buyer.unwrap_or_default(),
+                status: c.status.unwrap_or_default(),
+                count: c.count.unwrap_or_default(),
+                until_ms: c.until_ms.unwrap_or_default(),
+                amount_minor: c.amount_minor.unwrap_or_default(),
+                currency: c.currency.unwrap_or_default(),
+                seed: c.seed.unwrap_or_default(),
+                prequeue: c.prequeue.unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+fn consistency(stale: bool) -> Consistency {
+    if stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
+}
+
+fn venue_pb(v: api::Venue) -> pb::Venue {
+    pb::Venue {
+        venue_id: v.venue_id,
+        name: v.name,
+        seats: v.seats,
+        sections: v
+            .sections
+            .into_iter()
+            .map(|s| match s {
+                api::SectionSpec::Seated { name, rows } => pb::Section {
+                    name,
+                    rows: rows
+                        .into_iter()
+                        .map(|r| pb::Row {
+                            label: r.label,
+                            seats: r.seats,
+                        })
+                        .collect(),
+                    capacity: 0,
+                },
+                api::SectionSpec::GeneralAdmission { name, capacity } => pb::Section {
+                    name,
+                    rows: vec![],
+                    capacity,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn event_pb(e: api::Event) -> pb::Event {
+    pb::Event {
+        event_id: e.event_id,
+        name: e.name,
+        category: e.category,
+        description: e.description,
+        media: e
+            .media
+            .into_iter()
+            .map(|m| pb::MediaItem {
+                kind: m.kind,
+                url: m.url,
+            })
+            .collect(),
+        performances: e.performances,
+    }
+}
+
+fn checkout_pb(c: api::Checkout) -> pb::Checkout {
+    pb::Checkout {
+        hold_id: c.hold_id,
+        payment_ref: c.payment_ref,
+        performance_id: c.performance_id,
+        amount_minor: c.amount_minor,
+        currency: c.currency,
+        state: match c.state {
+            api::CheckoutState::Started => "started",
+            api::CheckoutState::Captured => "captured",
+            api::CheckoutState::Booked => "booked",
+            api::CheckoutState::Failed => "failed",
+            api::CheckoutState::Refunded => "refunded",
+        }
+        .into(),
+        provider_ref: c.provider_ref.unwrap_or_default(),
+        booking_id: c.booking_id.unwrap_or_default(),
+        reason: c.reason.unwrap_or_default(),
+        hold_state: c.hold_state,
+        hold_expires_at_ms: c.hold_expires_at_ms,
+    }
+}
+
+/// Page sizes of the list calls (as over HTTP).
+const MAX_PAGE: u32 = 500;
+
+fn page_limit(given: u32, default: u32) -> std::result::Result<usize, ApiError> {
+    match given {
+        0 => Ok(default as usize),
+        n if n <= MAX_PAGE => Ok(n as usize),
+        n => Err(ApiError::bad_request(format!(
+            "limit must be 1..={MAX_PAGE} (0: {default}), not {n}"
+        ))),
+    }
+}
+
+/// The cluster's token secret (set at initialization).
+async fn token_secret(app: &App) -> std::result::Result<Digest32, ApiError> {
+    app.read(Consistency::Stale, |l| l.state().token_secret)
+        .await?
+        .ok_or_else(|| ApiError::unavailable("not_initialized", "the cluster is not initialized"))
+}
+
+fn session_pb(app: &App, secret: &Digest32, user: UserId) -> pb::Session {
+    let expires_at_ms = app.now_ms() + app.cfg.token_ttl.as_millis() as u64;
+    pb::Session {
+        user_id: user.to_string(),
+        token: crate::auth::mint(secret, user, expires_at_ms),
+        expires_at_ms,
+    }
+}
+
+type FeedStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = std::result::Result<pb::FeedEvent, Status>> + Send>,
+>;
+
+/// Keep `grpc.health.v1.Health` in step with readiness (`/readyz`): the overall status ("")
+/// and `ticketledger.v1.Ledger` are SERVING while a leader is known and this node applied what
+/// it knows committed, NOT_SERVING otherwise. Checked on every Raft metrics change and at
+/// least every 500 ms, until shutdown.
+pub async fn health_loop(
+    app: Arc<App>,
+    reporter: tonic_health::server::HealthReporter,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use openraft::type_config::async_runtime::WatchReceiver as _;
+    use tonic::server::NamedService;
+    let ledger_name = <pb::ledger_server::LedgerServer<LedgerService> as NamedService>::NAME;
+    let mut metrics = app.raft.metrics();
+    let mut last = None;
+    loop {
+        let status = if app.readiness().is_ok() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(ledger_name, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = metrics.changed() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => {
+                reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                reporter.set_service_status(ledger_name, tonic_health::ServingStatus::NotServing).await;
+                return;
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::ledger_server::Ledger for LedgerService {
+    type WatchStream = FeedStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<FeedStream> {
+        use futures::StreamExt;
+        let p = self.principal(&req).await?;
+        let sub = crate::watch::subscribe(self.app.clone(), p, req.get_ref().from_index)
+            .await
+            .map_err(crate::watch::WatchError::into_status)?;
+        let stream = sub.into_stream().filter_map(|item| async move {
+            match item {
+                crate::watch::Item::Event(e) => Some(Ok(feed_event_pb(e))),
+                // HTTP/2 keeps the connection alive; nothing to send.
+                crate::watch::Item::Heartbeat { .. } => None,
+                crate::watch::Item::End(e) => Some(Err(e.into_status())),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_performance(
         &self,
         req: Request<pb::GetPerformanceRequest>,
@@ -521,5 +760,315 @@ impl pb::ledger_server::Ledger for LedgerService {
             .await?;
         perf.map(Response::new)
             .ok_or_else(|| ApiError::not_found(format!("no performance {id}")).into())
+    }
+
+    async fn signup(&self, req: Request<pb::SignupRequest>) -> Result<pb::Session> {
+        // As over HTTP: no request_id (anonymous signups would share it); a retry is
+        // answered `already_exists`, then log in.
+        let r = req.into_inner();
+        let secret = token_secret(&self.app).await?;
+        let password_hash = self.app.passwords.hash(r.password).await?;
+        let op = Op::CreateUser {
+            email: r.email,
+            name: r.name,
+            password_hash,
+            role: Role::Buyer,
+        };
+        match self.write(Principal::System, "", op).await? {
+            Reply::UserCreated { user } => Ok(Response::new(session_pb(&self.app, &secret, user))),
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<pb::Session> {
+        let r = req.into_inner();
+        let secret = token_secret(&self.app).await?;
+        let email = r.email.to_ascii_lowercase();
+        let lookup = |l: &Ledger| {
+            l.user_by_email(&email)
+                .map(|u| (u.id, u.password_hash.clone()))
+        };
+        let found = match self.app.read(Consistency::Stale, lookup).await? {
+            Some(u) => Some(u),
+            None => self.app.read(Consistency::Linearizable, lookup).await?,
+        };
+        let wrong = || Status::from(ApiError::unauthenticated("wrong email or password"));
+        let Some((user, stored)) = found else {
+            // The same time as a real check, so timing does not tell which emails exist.
+            let _ = self.app.passwords.hash("timing-equalizer".into()).await;
+            return Err(wrong());
+        };
+        if self.app.passwords.verify(r.password, stored).await? {
+            Ok(Response::new(session_pb(&self.app, &secret, user)))
+        } else {
+            Err(wrong())
+        }
+    }
+
+    async fn create_api_key(
+        &self,
+        req: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<pb::ApiKeyCreated> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let role = Role::parse(&r.role).ok_or_else(|| {
+            ApiError::invalid("role must be buyer, organizer, service or operator")
+        })?;
+        let secret = crate::app::random_key();
+        let key_digest = *blake3::hash(secret.as_bytes()).as_bytes();
+        let op = Op::CreateApiKey {
+            name: r.name,
+            role,
+            key_digest,
+        };
+        match self.write(p, &r.request_id, op).await? {
+            // A retry with the same request_id is answered with the first key's id, but the
+            // secret was drawn anew here and was never stored: say so rather than hand out a
+            // secret that does not work.
+            Reply::ApiKeyCreated { key } => {
+                let works = self
+                    .app
+                    .read(Consistency::Stale, |l| {
+                        l.api_key_by_digest(&key_digest).map(|k| k.id) == Some(key)
+                    })
+                    .await?;
+                if !works {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::CONFLICT,
+                        "idempotency_conflict",
+                        format!("this request_id already created key {key}, whose secret was shown once; create another key with a new request_id"),
+                    )
+                    .into());
+                }
+                Ok(Response::new(pb::ApiKeyCreated {
+                    key_id: key.to_string(),
+                    key: secret,
+                }))
+            }
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn get_venue(&self, req: Request<pb::VenueRef>) -> Result<pb::Venue> {
+        self.principal(&req).await?;
+        let r = req.into_inner();
+        let id: VenueId = parse_id(&r.venue_id, "venue")?;
+        self.app
+            .read(consistency(r.stale), |l| {
+                l.state().venues.get(&id).map(venue_view)
+            })
+            .await?
+            .map(|v| Response::new(venue_pb(v)))
+            .ok_or_else(|| ApiError::not_found(format!("no venue {id}")).into())
+    }
+
+    async fn get_event(&self, req: Request<pb::EventRef>) -> Result<pb::Event> {
+        self.principal(&req).await?;
+        let r = req.into_inner();
+        let id: EventId = parse_id(&r.event_id, "event")?;
+        self.app
+            .read(consistency(r.stale), |l| {
+                l.state().events.get(&id).map(|e| event_view(l, e))
+            })
+            .await?
+            .map(|e| Response::new(event_pb(e)))
+            .ok_or_else(|| ApiError::not_found(format!("no event {id}")).into())
+    }
+
+    async fn list_events(&self, req: Request<pb::ListEventsRequest>) -> Result<pb::EventList> {
+        self.principal(&req).await?;
+        let r = req.into_inner();
+        let limit = page_limit(r.limit, 50)?;
+        let after: Option<EventId> = match non_empty(&r.after) {
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|_| ApiError::bad_request("after must be an event id"))?,
+            ),
+            None => None,
+        };
+        let needle = non_empty(&r.q).map(|q| q.to_lowercase());
+        let category = non_empty(&r.category);
+        let (events, next) = self
+            .app
+            .read(consistency(r.stale), |l| {
+                let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+                let mut events: Vec<api::Event> = l
+                    .state()
+                    .events
+                    .range((from, std::ops::Bound::Unbounded))
+                    .map(|(_, e)| e)
+                    .filter(|e| category.as_ref().is_none_or(|c| &e.category == c))
+                    .filter(|e| {
+                        needle.as_ref().is_none_or(|n| {
+                            e.name.to_lowercase().contains(n)
+                                || e.description.to_lowercase().contains(n)
+                        })
+                    })
+                    .take(limit + 1)
+                    .map(|e| event_view(l, e))
+                    .collect();
+                let next = if events.len() > limit {
+                    events.truncate(limit);
+                    events
+                        .last()
+                        .map(|e| e.event_id.clone())
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                (events, next)
+            })
+            .await?;
+        Ok(Response::new(pb::EventList {
+            events: events.into_iter().map(event_pb).collect(),
+            next,
+        }))
+    }
+
+    async fn get_seats(&self, req: Request<pb::GetSeatsRequest>) -> Result<pb::SeatMap> {
+        self.principal(&req).await?;
+        let r = req.into_inner();
+        let id: PerformanceId = parse_id(&r.performance_id, "performance")?;
+        let section = non_empty(&r.section);
+        let map = self
+            .app
+            .read(consistency(r.stale), |l| {
+                match l.state().performances.get(&id) {
+                    Some(p) => seat_map(l, p, section.as_deref()),
+                    None => Err(ApiError::not_found(format!("no performance {id}"))),
+                }
+            })
+            .await??;
+        Ok(Response::new(pb::SeatMap {
+            seats: map
+                .seats
+                .into_iter()
+                .map(|s| pb::SeatStatus {
+                    seat: s.seat,
+                    state: s.state,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn confirm_late(&self, req: Request<pb::ConfirmHoldRequest>) -> Result<pb::Booking> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let hold: HoldId = parse_id(&r.hold_id, "hold")?;
+        let codes = self.codes_for(hold).await?;
+        let op = Op::ConfirmLate {
+            hold,
+            payment_ref: r.payment_ref,
+            codes,
+        };
+        match self.write(p, &r.request_id, op).await? {
+            Reply::BookingConfirmed(b) => Ok(Response::new(
+                self.booking(p, b.booking, Consistency::Stale).await?,
+            )),
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn record_payment(&self, req: Request<pb::RecordPaymentRequest>) -> Result<pb::Checkout> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let hold: HoldId = parse_id(&r.hold_id, "hold")?;
+        let event = match r.event.as_str() {
+            "captured" => api::PaymentEvent::Captured {
+                provider_ref: r.provider_ref,
+            },
+            "failed" => api::PaymentEvent::Failed { reason: r.reason },
+            "refunded" => api::PaymentEvent::Refunded {
+                provider_ref: r.provider_ref,
+                reason: r.reason,
+            },
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "event must be captured, failed or refunded, not {other:?}"
+                ))
+                .into());
+            }
+        };
+        let op = Op::RecordPayment {
+            hold,
+            payment_ref: r.payment_ref,
+            event: payment_event(event),
+        };
+        match self.write(p, &r.request_id, op).await? {
+            Reply::PaymentRecorded { .. } => {}
+            other => return Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
+        }
+        Ok(Response::new(
+            self.checkout(p, hold, Consistency::Stale).await?,
+        ))
+    }
+
+    async fn get_checkout(&self, req: Request<pb::HoldRef>) -> Result<pb::Checkout> {
+        let p = self.principal(&req).await?;
+        let hold: HoldId = parse_id(&req.get_ref().hold_id, "hold")?;
+        Ok(Response::new(
+            self.checkout(p, hold, Consistency::Linearizable).await?,
+        ))
+    }
+
+    async fn list_checkouts(
+        &self,
+        req: Request<pb::ListCheckoutsRequest>,
+    ) -> Result<pb::CheckoutList> {
+        // A page scans at most this many holds (with `all`) and may come back short.
+        const MAX_CHECKOUT_SCAN: usize = 100_000;
+        let p = self.principal(&req).await?;
+        if !self.app.is_service_or_operator(p).await? {
+            return Err(
+                ApiError::forbidden("listing checkouts needs a service or operator key").into(),
+            );
+        }
+        let r = req.into_inner();
+        let limit = page_limit(r.limit, 100)?;
+        let after: Option<HoldId> = match non_empty(&r.after) {
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|_| ApiError::bad_request("after must be a hold id"))?,
+            ),
+            None => None,
+        };
+        let (checkouts, next) = self
+            .app
+            .read(consistency(r.stale), |l| {
+                let mut out = Vec::with_capacity(limit.min(1024));
+                let mut last_seen = None;
+                let mut more = false;
+                if r.all {
+                    let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+                    let holds = l.state().holds.range((from, std::ops::Bound::Unbounded));
+                    for (scanned, (_, h)) in holds.enumerate() {
+                        if out.len() == limit || scanned == MAX_CHECKOUT_SCAN {
+                            more = true;
+                            break;
+                        }
+                        out.extend(checkout_view(h));
+                        last_seen = Some(h.id);
+                    }
+                } else {
+                    for h in l.open_checkouts(after) {
+                        if out.len() == limit {
+                            more = true;
+                            break;
+                        }
+                        out.extend(checkout_view(h));
+                        last_seen = Some(h.id);
+                    }
+                }
+                let next = match (more, last_seen) {
+                    (true, Some(h)) => h.to_string(),
+                    _ => String::new(),
+                };
+                (out, next)
+            })
+            .await?;
+        Ok(Response::new(pb::CheckoutList {
+            checkouts: checkouts.into_iter().map(checkout_pb).collect(),
+            next,
+        }))
     }
 }

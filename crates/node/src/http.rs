@@ -50,6 +50,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/checkouts", get(list_checkouts))
         .route("/v1/bookings/{id}", get(get_booking))
         .route("/v1/bookings/{id}/refund", post(refund_booking))
+        .route("/v1/watch", get(crate::watch::sse))
         .merge(crate::admin::router())
         .fallback(|| async { ApiError::not_found("no such route; see docs/http-api.md") })
         .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))

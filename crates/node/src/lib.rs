@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod time;
+pub mod watch;
 
 use anyhow::Context;
 use app::App;
@@ -75,10 +76,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let svc = net::pb::raft_server::RaftServer::new(net::RaftService { app: app.clone() })
         .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(net::MAX_MESSAGE_BYTES);
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    tokio::spawn(grpc::health_loop(app.clone(), health, shutdown_rx.clone()));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the gRPC reflection service")?;
     let mut rx = shutdown_rx.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
+            .add_service(health_svc)
+            .add_service(reflection)
             .add_service(grpc::pb::ledger_server::LedgerServer::new(
                 grpc::LedgerService { app: app.clone() },
             ))
