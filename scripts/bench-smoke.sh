@@ -11,3 +11,16 @@ out=$(mktemp -d)
 cargo run --quiet -p raft-store --bin storebench -- --dir "$out" --seconds 0.2 --json "$out/storebench.json"
 test -s "$out/storebench.json"
 rm -rf "$out"
+echo "==> loadgen: every workload for 1 s on a 3-node dev cluster, then a comparison"
+cargo build --quiet --bins -p node -p client -p loadgen
+bin="$CARGO_TARGET_DIR/debug"
+lg=$(mktemp -d)
+trap '"$bin/ticketctl" dev down --dir "$lg/tl" >/dev/null 2>&1 || true; rm -rf "$lg"' EXIT
+"$bin/ticketctl" dev up --nodes 3 --dir "$lg/tl" >/dev/null
+for w in hold hold-confirm queue read mix; do
+    "$bin/loadgen" run --system ticketledger --cluster-dir "$lg/tl" --watch-cluster --workload "$w" \
+        --clients 4 --duration-secs 1 --warmup-secs 0 --performances 2 --sections 1 --rows 10 \
+        --seats-per-row 10 --buyers 20 --rooms 2 --read-slots 10 --min-completed 1 --json "$lg/$w.json" --svg "$lg/$w.svg"
+done
+"$bin/loadgen" compare "$lg"/*.json --json "$lg/peers.json" --svg "$lg/peers.svg" >/dev/null
+test -s "$lg/peers.json" && test -s "$lg/peers.svg"
