@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 pub mod feed;
+mod manage;
+pub use manage::*;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 

@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+mod demo_payments;
 pub mod dev;
 pub mod grpc;
 
@@ -122,6 +123,17 @@ pub struct EventQuery {
     pub category: Option<String>,
     /// Case-insensitive substring of the name or description.
     pub q: Option<String>,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// Filters of `GET /v1/bookings`: none lists the caller's own; `buyer` (`u_…`/`k_…`) or
+/// `performance` need a service or operator key (a buyer may name itself).
+#[derive(Clone, Debug, Default)]
+pub struct BookingQuery {
+    pub buyer: Option<String>,
+    pub performance: Option<String>,
     /// The `next` of the previous page.
     pub after: Option<String>,
     pub limit: Option<u32>,
@@ -216,6 +228,11 @@ impl Client {
     pub fn with_key(mut self, key: impl Into<String>) -> Client {
         self.key = Some(key.into());
         self
+    }
+
+    /// The bearer key or token this client sends, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// Overall deadline of one call, over all its attempts and waits.
@@ -783,6 +800,94 @@ impl Client {
 
     pub async fn booking(&self, id: &str) -> Result<api::Booking> {
         self.get(&format!("/v1/bookings/{id}")).await
+    }
+
+    /// One page of `GET /v1/bookings`; pass `next` back as `after` for the following page.
+    pub async fn bookings(&self, q: &BookingQuery) -> Result<api::BookingList> {
+        let mut query = Vec::new();
+        for (name, v) in [
+            ("buyer", &q.buyer),
+            ("performance", &q.performance),
+            ("after", &q.after),
+        ] {
+            if let Some(v) = v {
+                query.push((name, v.clone()));
+            }
+        }
+        if let Some(l) = q.limit {
+            query.push(("limit", l.to_string()));
+        }
+        self.get_query("/v1/bookings", query).await
+    }
+
+    /// `POST /v1/performances/{id}/check-in`: a used code is [`Error::Api`] `ticket_used` (409).
+    pub async fn check_in(&self, performance_id: &str, code: &str) -> Result<api::CheckedIn> {
+        let body = api::CheckIn { code: code.into() };
+        self.post(
+            &format!("/v1/performances/{performance_id}/check-in"),
+            &body,
+        )
+        .await
+    }
+
+    /// `PATCH /v1/events/{id}`: replace the fields given.
+    pub async fn update_event(&self, id: &str, u: &api::UpdateEvent) -> Result<api::Event> {
+        self.send(Method::PATCH, &format!("/v1/events/{id}"), Some(u))
+            .await
+    }
+
+    /// Block (or unblock) named seats of a performance.
+    pub async fn block_seats(
+        &self,
+        performance_id: &str,
+        seats: Vec<String>,
+        blocked: bool,
+    ) -> Result<api::SeatsBlocked> {
+        let body = api::BlockSeats { seats, blocked };
+        self.post(
+            &format!("/v1/performances/{performance_id}/blocked-seats"),
+            &body,
+        )
+        .await
+    }
+
+    /// `GET /v1/reports/performances/{id}/sales` with `bucket_secs`-wide time buckets.
+    pub async fn sales_report(
+        &self,
+        performance_id: &str,
+        bucket_secs: Option<u64>,
+    ) -> Result<api::SalesReport> {
+        let query = bucket_secs
+            .map(|b| vec![("bucket_secs", b.to_string())])
+            .unwrap_or_default();
+        self.get_query(
+            &format!("/v1/reports/performances/{performance_id}/sales"),
+            query,
+        )
+        .await
+    }
+
+    /// The same report as CSV text (`?format=csv`).
+    pub async fn sales_report_csv(
+        &self,
+        performance_id: &str,
+        bucket_secs: Option<u64>,
+    ) -> Result<String> {
+        let path = format!("/v1/reports/performances/{performance_id}/sales");
+        let mut query = vec![("format", "csv".to_string())];
+        if let Some(b) = bucket_secs {
+            query.push(("bucket_secs", b.to_string()));
+        }
+        let bytes = self
+            .execute(Call {
+                method: Method::GET,
+                path: &path,
+                query,
+                body: None,
+                idempotency_key: None,
+            })
+            .await?;
+        String::from_utf8(bytes).map_err(|e| Error::Decode(format!("{path}: {e}")))
     }
 
     /// Refund the given tickets of a booking, or all of it when `tickets` is empty.

@@ -5,6 +5,7 @@
 use crate::app::{App, Consistency};
 use crate::convert::*;
 use crate::error::ApiError;
+use crate::http_manage::{block_seats, check_in, list_bookings, sales_report, update_event};
 use crate::metrics::Route;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
@@ -31,13 +32,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/venues", post(create_venue))
         .route("/v1/venues/{id}", get(get_venue))
         .route("/v1/events", post(create_event).get(list_events))
-        .route("/v1/events/{id}", get(get_event))
+        .route("/v1/events/{id}", get(get_event).patch(update_event))
         .route("/v1/events/{id}/performances", post(create_performance))
         .route(
             "/v1/performances/{id}",
             get(get_performance).patch(update_performance),
         )
         .route("/v1/performances/{id}/seats", get(get_seats))
+        .route("/v1/performances/{id}/blocked-seats", post(block_seats))
+        .route("/v1/performances/{id}/check-in", post(check_in))
         .route("/v1/performances/{id}/queue", post(join_queue))
         .route("/v1/queue/{id}", get(get_queue))
         .route("/v1/holds", post(create_hold))
@@ -48,7 +51,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/holds/{id}/payment", post(record_payment))
         .route("/v1/holds/{id}/checkout", get(get_checkout))
         .route("/v1/checkouts", get(list_checkouts))
+        .route("/v1/bookings", get(list_bookings))
         .route("/v1/bookings/{id}", get(get_booking))
+        .route("/v1/reports/performances/{id}/sales", get(sales_report))
         .route("/v1/bookings/{id}/refund", post(refund_booking))
         .route("/v1/watch", get(crate::watch::sse))
         .merge(crate::admin::router())
@@ -278,7 +283,12 @@ async fn write(app: &App, headers: &HeaderMap, op: Op) -> Result<Reply> {
     write_as(app, headers, principal, op).await
 }
 
-async fn write_as(app: &App, headers: &HeaderMap, principal: Principal, op: Op) -> Result<Reply> {
+pub(crate) async fn write_as(
+    app: &App,
+    headers: &HeaderMap,
+    principal: Principal,
+    op: Op,
+) -> Result<Reply> {
     let key = idempotency_key(headers)?;
     match app.write(principal, key, op).await? {
         Outcome::Ok(reply) => Ok(reply),

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod http_manage;
 pub mod logging;
 pub mod metrics;
 pub mod net;
