@@ -44,7 +44,8 @@ def exported(paths):
     for p in paths:
         with open(p, encoding="utf-8") as f:
             for line in f:
-                if line.startswith("#") or not line.strip():
+                line = line.strip()
+                if line.startswith("#") or not line:
                     continue
                 names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
@@ -138,6 +139,7 @@ def main():
             queried += 1
             if err:
                 problems.append(f"{title!r}: Prometheus rejects {e!r}: {err}")
+    problems = list(dict.fromkeys(problems))
     for p in problems:
         print(f"problem: {p}")
     print(

@@ -8,7 +8,8 @@
 #
 # The binaries are the build profile's (dev profile, dependencies at opt-level 2) from
 # $CARGO_TARGET_DIR/debug: the script runs `cargo build -p node -p client --bins` first (a
-# no-op when they are fresh; NO_CARGO_BUILD=1 skips it). It never builds --release: that
+# no-op when they are fresh; NO_CARGO_BUILD=1 skips it; TICKETLEDGER_BIN_DIR takes the two
+# binaries from another directory). It never builds --release: that
 # profile recompiles RocksDB (30 minutes here) for no operational gain in this project.
 #
 # Usage: cluster/image/build.sh [--node-only|--prometheus-only]   (TAG=dev by default)
@@ -69,7 +70,7 @@ ensure_apt() {
 
 build_node() {
     source "$root/scripts/env.sh"
-    local bin="$CARGO_TARGET_DIR/debug"
+    local bin="${TICKETLEDGER_BIN_DIR:-$CARGO_TARGET_DIR/debug}"
     if [ "${NO_CARGO_BUILD:-0}" != 1 ]; then
         echo "==> cargo build -p node -p client --bins (dev profile; seconds when fresh)"
         (cd "$root" && cargo build -q -p node -p client --bins)
