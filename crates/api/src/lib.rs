@@ -7,6 +7,8 @@
 //! `"<section>:<row>:<number>"`. Errors are RFC 9457 `application/problem+json` ([`Problem`]).
 #![forbid(unsafe_code)]
 
+pub mod payments;
+
 use serde::{Deserialize, Serialize};
 
 pub mod feed;

@@ -4,14 +4,19 @@
 //! cluster), a venue, an event and a performance with a waiting room whose seed's hash is
 //! published at creation; part of the buyers join the pre-queue before the sale opens.
 //! The sale (timed): the seed is revealed at opening, the rest of the buyers arrive; each
-//! waits for its admission, holds 1–4 random free seats and pays (for now the demo confirms
-//! with a service key: there is no payments service yet, so nobody is declined); some
-//! abandon, some dawdle past their hold, some ask for a refund. A
-//! live line shows the queue, admitted, held, sold, requests/s and p99. At the end: a summary
-//! and the checks (no seat sold twice, sold + held + available = capacity, revenue = bookings
-//! − refunds = what the payment provider kept, FIFO admission among those who joined after
-//! the opening, every node's state hash equal).
+//! waits for its admission, holds 1–4 random free seats and pays through the payments
+//! service (`payments serve`, a real process and a client of the ledger) at the simulated
+//! provider (`payments simulate`, its own HTTP server): most are captured and booked, some
+//! are declined, some time out at the provider (cancelled, refunded if it had captured), some
+//! pay by an asynchronous method whose capture lands after the hold expired (booked on the
+//! same seats if they are still free, else refunded at once); some abandon, some dawdle past
+//! their hold, some ask for a refund. A live line shows the queue, admitted, held, sold,
+//! requests/s and p99. At the end: a summary and the checks (no seat sold twice; sold, held
+//! and available add up to the capacity; revenue = bookings − refunds = what the provider
+//! kept; every capture booked or refunded and every booking captured; FIFO admission among
+//! those who joined after the opening; every node's state hash equal).
 
+use crate::demo_payments::{self, Paid};
 use crate::dev::{DevCluster, Guard};
 use crate::{Client, Error};
 use anyhow::{Context, bail};
@@ -32,6 +37,12 @@ pub struct DemoOptions {
     pub prequeue_percent: u32,
     /// Where the report (`report.json`, `sales.svg`) goes.
     pub report_dir: std::path::PathBuf,
+    /// Percent of ordinary card payments the simulated provider declines.
+    pub decline_percent: u32,
+    /// Percent of ordinary card payments the provider captures but answers too late for.
+    pub timeout_percent: u32,
+    /// A running cluster to use instead of starting one (`--url`), with an operator key.
+    pub external: Option<(Vec<String>, String)>,
 }
 
 /// One point of the sale's time series (every 250 ms).
@@ -50,6 +61,10 @@ struct Sample {
 const ACTIVE_BUYERS: usize = 2_000;
 /// Most joins in flight at once.
 const JOINING_BUYERS: usize = 1_000;
+/// The payment grace of the demo's performance: a checkout extends its hold to at least this.
+const PAYMENT_GRACE_SECS: u64 = 10;
+/// How long the payments service waits for the provider before cancelling the charge.
+const PROVIDER_TIMEOUT_MS: u64 = 3_000;
 /// Latency samples kept for the percentiles (a bound on the demo's own memory).
 const MAX_SAMPLES: usize = 2_000_000;
 
@@ -63,6 +78,10 @@ struct Stats {
     confirmed: AtomicU64,
     abandoned: AtomicU64,
     too_late: AtomicU64,
+    declined: AtomicU64,
+    refunded_late: AtomicU64,
+    pending: AtomicU64,
+    checkouts: AtomicU64,
     refunded: AtomicU64,
     told_sold_out: AtomicU64,
     errors: AtomicU64,
@@ -103,6 +122,15 @@ impl Stats {
             .entry(code)
             .or_default() += 1;
     }
+    fn error_code(&self, code: &str) {
+        self.errors.fetch_add(1, Relaxed);
+        *self
+            .error_codes
+            .lock()
+            .expect("stats lock")
+            .entry(code.to_string())
+            .or_default() += 1;
+    }
     fn samples(&self) -> usize {
         self.latencies_us.lock().expect("stats lock").len()
     }
@@ -140,7 +168,13 @@ struct Sale {
     sections: Vec<(String, Vec<u32>)>,
     admission_ttl_ms: u64,
     hold_ttl: Duration,
+    payment_grace: Duration,
     service: Client,
+    /// The payments service's URL and an HTTP client for it.
+    payments: String,
+    http: reqwest::Client,
+    /// Percent of buyers whose asynchronous payment lands after the hold expired.
+    slow_percent: u64,
     stats: Stats,
     book: Mutex<Ledgerbook>,
     /// Buyers with a request in flight while shopping (queue, hold, pay).
@@ -161,6 +195,12 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     if o.prequeue_percent > 100 {
         bail!("--prequeue-percent must be 0..=100");
     }
+    if o.decline_percent + o.timeout_percent > 50 {
+        bail!("--decline-percent + --timeout-percent must be at most 50");
+    }
+    if o.kill_leader && o.external.is_some() {
+        bail!("--kill-leader needs the demo's own cluster (not --url)");
+    }
     let tmp;
     let dir = match &o.dir {
         Some(d) => d.clone(),
@@ -169,26 +209,44 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
             tmp.clone()
         }
     };
-    eprintln!("starting a local 3-node cluster under {}", dir.display());
-    eprintln!(
-        "  (demo settings: cheap Argon2 password hashing, 64 KiB × 1 pass; never in production)"
-    );
-    let cluster = DevCluster::up(
-        &dir,
-        3,
-        vec![
-            "--log-level=warn".into(),
-            "--argon2-memory-kib=64".into(),
-            "--argon2-iterations=1".into(),
-        ],
-    )
-    .await?;
-    let guard = Guard(cluster.clone());
-    for n in &cluster.nodes {
-        eprintln!("  node {} http={} grpc={}", n.id, n.http, n.grpc);
-    }
-    let admin = cluster.client();
-    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
+    let (cluster, guard, admin, urls) = match &o.external {
+        None => {
+            eprintln!("starting a local 3-node cluster under {}", dir.display());
+            eprintln!(
+                "  (demo settings: cheap Argon2 password hashing, 64 KiB × 1 pass; never in production)"
+            );
+            let cluster = DevCluster::up(
+                &dir,
+                3,
+                vec![
+                    "--log-level=warn".into(),
+                    "--argon2-memory-kib=64".into(),
+                    "--argon2-iterations=1".into(),
+                ],
+            )
+            .await?;
+            for n in &cluster.nodes {
+                eprintln!("  node {} http={} grpc={}", n.id, n.http, n.grpc);
+            }
+            let urls: Vec<String> = cluster.nodes.iter().map(|n| n.http.clone()).collect();
+            (
+                Some(cluster.clone()),
+                Some(Guard(cluster.clone())),
+                cluster.client(),
+                urls,
+            )
+        }
+        Some((urls, key)) => {
+            eprintln!(
+                "using the running cluster at {} (signups there pay its own Argon2 cost)",
+                urls.join(",")
+            );
+            let admin = Client::try_new(urls.clone())
+                .map_err(|e| anyhow::anyhow!("--url: {e}"))?
+                .with_key(key.clone());
+            (None, None, admin, urls.clone())
+        }
+    };
 
     // ---------------------------------------------------------------- setup (not timed)
     // Sections of up to 1,000 seats (20 rows of 50), front ones dearer.
@@ -238,7 +296,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
                 on_sale_at: api::TimeInput::UnixMs(0),
                 sale_ends_at: None,
                 hold_ttl_secs: 15,
-                payment_grace_secs: Some(30),
+                payment_grace_secs: Some(PAYMENT_GRACE_SECS),
                 max_seats_per_order: Some(4),
                 categories: None,
                 prices: sections
@@ -268,15 +326,55 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         o.seats,
         &hex(blake3::hash(&seed).as_bytes())[..16]
     );
-    let service =
-        Client::new(urls.clone()).with_key(admin.create_api_key("payments", "service").await?.key);
+    let service_key = admin.create_api_key("payments", "service").await?.key;
+    let service = Client::new(urls.clone()).with_key(service_key.clone());
+    // The payment side, as real processes: the simulated provider, then the payments service
+    // (a client of the ledger with its own service key).
+    let secret = hex(&rand::random::<[u8; 16]>());
+    let (sim_guard, sim_url) = demo_payments::spawn(
+        "provider",
+        &[
+            "simulate".into(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--decline-percent={}", o.decline_percent),
+            format!("--timeout-percent={}", o.timeout_percent),
+            format!("--hang-ms={}", PROVIDER_TIMEOUT_MS + 2_000),
+            "--duplicate-callbacks=1".into(),
+            format!("--callback-secret={secret}"),
+            format!("--seed={}", rand::random::<u32>() | 1),
+        ],
+        &dir.join("provider.log"),
+    )?;
+    let (payments_guard, payments_url) = demo_payments::spawn(
+        "payments",
+        &[
+            "serve".into(),
+            format!("--ledger={}", urls.join(",")),
+            format!("--key={service_key}"),
+            format!("--provider={sim_url}"),
+            "--listen=127.0.0.1:0".into(),
+            format!("--callback-secret={secret}"),
+            format!("--provider-timeout-ms={PROVIDER_TIMEOUT_MS}"),
+        ],
+        &dir.join("payments.log"),
+    )?;
+    eprintln!(
+        "payments service {payments_url}, simulated provider {sim_url} ({}% declined, {}% timing out)",
+        o.decline_percent, o.timeout_percent
+    );
     let buyers = signups(&urls, o.buyers).await?;
     let sale = Arc::new(Sale {
         pid: pid.clone(),
         sections: sections.clone(),
         admission_ttl_ms: admission_ttl_secs * 1000,
         hold_ttl: Duration::from_secs(15),
+        payment_grace: Duration::from_secs(PAYMENT_GRACE_SECS),
         service,
+        payments: payments_url.clone(),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(ACTIVE_BUYERS)
+            .build()?,
+        slow_percent: 2,
         stats: Stats::default(),
         book: Mutex::default(),
         active: Semaphore::new(ACTIVE_BUYERS),
@@ -385,7 +483,11 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
             (last_requests, last_samples) = (requests, sale.stats.samples());
             last_print = Instant::now();
         }
-        if o.kill_leader && killed.is_none() && p.totals.sold * 2 >= p.totals.capacity {
+        if let Some(cluster) = &cluster
+            && o.kill_leader
+            && killed.is_none()
+            && p.totals.sold * 2 >= p.totals.capacity
+        {
             let leader = cluster.wait_leader(Duration::from_secs(5)).await?;
             eprintln!("--kill-leader: kill -9 of node {leader}, the leader");
             cluster.signal(leader, "KILL")?;
@@ -403,12 +505,13 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
-    if let Some(id) = killed {
+    if let (Some(id), Some(cluster)) = (killed, &cluster) {
         eprintln!("restarting node {id}");
         cluster.start(id)?;
         cluster.wait_healthy(id, Duration::from_secs(30)).await?;
     }
-    let checks = verify(&admin, &sale, o.seats).await?;
+    let checks = verify(&admin, &sale, o.seats, &sim_url).await?;
+    let pay_stats = demo_payments::service_stats(&sale.http, &payments_url).await;
     let s = &sale.stats;
     let total = s.requests.load(Relaxed);
     let sold_out_at = series
@@ -439,14 +542,19 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         ("told sold out in line", &s.told_sold_out),
         ("holds placed", &s.holds),
         ("seat conflicts (409)", &s.conflicts),
+        ("checkouts", &s.checkouts),
         ("bookings confirmed", &s.confirmed),
+        ("declined or timed out", &s.declined),
+        ("captured late, refunded", &s.refunded_late),
+        ("paid asynchronously", &s.pending),
         ("abandoned their hold", &s.abandoned),
-        ("paid too late", &s.too_late),
-        ("refunded", &s.refunded),
+        ("came back too late", &s.too_late),
+        ("refunded on request", &s.refunded),
         ("errors", &s.errors),
     ] {
         println!("  {label:<26}{}", v.load(Relaxed));
     }
+    println!("  payments service          {pay_stats}");
     println!("  p99 latency (all calls)   {:.1} ms", s.p99_ms(0));
     for (code, n) in s.error_codes.lock().expect("lock").iter() {
         println!("    error {code:<20}{n}");
@@ -472,6 +580,18 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         ("confirmed", s.confirmed.load(Relaxed)),
         ("abandoned", s.abandoned.load(Relaxed)),
         ("too_late", s.too_late.load(Relaxed)),
+        ("checkouts", s.checkouts.load(Relaxed)),
+        ("declined", s.declined.load(Relaxed)),
+        ("refunded_late", s.refunded_late.load(Relaxed)),
+        ("pending", s.pending.load(Relaxed)),
+        (
+            "booked_late",
+            pay_stats["booked_late"].as_u64().unwrap_or(0),
+        ),
+        (
+            "provider_timeouts",
+            pay_stats["provider_timeouts"].as_u64().unwrap_or(0),
+        ),
         ("refunded", s.refunded.load(Relaxed)),
         ("errors", s.errors.load(Relaxed)),
         ("p99_us", (s.p99_ms(0) * 1000.0) as u64),
@@ -481,6 +601,8 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         "report: {} (report.json, sales.svg)",
         o.report_dir.display()
     );
+    drop(payments_guard);
+    drop(sim_guard);
     drop(guard);
     if o.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -611,11 +733,13 @@ async fn buyer(
             .admissions_after_open
             .push((join_index, at));
     }
-    let _p = sale.active.acquire().await;
+    let mut permit = Some(sale.active.acquire().await);
     let Some(hold) = hold_seats(sale, b, &room, &mut r).await else {
         return;
     };
-    // The buyer's fate: 5% abandon, 2% dawdle past the hold's TTL, the rest pay.
+    // The buyer's fate: 5% abandon, 2% dawdle past the hold's TTL, 2% pay by an asynchronous
+    // method whose capture lands after the hold (and its grace) ended, the rest pay with a
+    // card the provider declines or times out on at the configured rates.
     let fate = rnd(&mut r) % 100;
     if fate < 5 {
         let t = Instant::now();
@@ -625,24 +749,64 @@ async fn buyer(
         return;
     }
     if fate < 7 {
-        drop(_p);
+        permit = None;
         tokio::time::sleep(sale.hold_ttl + Duration::from_millis(500)).await;
     }
-    match pay(sale, &hold).await {
-        Paid::Booked(bk) => {
+    let source = if (7..7 + sale.slow_percent).contains(&fate) {
+        // Slower than the whole hold: its TTL and the payment grace, plus a margin.
+        let ms = (sale.hold_ttl.max(sale.payment_grace) + Duration::from_secs(2)).as_millis();
+        format!("tok_async_{ms}")
+    } else {
+        "tok_visa".to_string()
+    };
+    let token = b.key().unwrap_or_default().to_string();
+    sale.book
+        .lock()
+        .expect("lock")
+        .paid_holds
+        .push(hold.hold_id.clone());
+    sale.stats.checkouts.fetch_add(1, Relaxed);
+    let mut paid =
+        demo_payments::checkout(&sale.http, &sale.payments, &token, &hold.hold_id, &source).await;
+    if let Paid::Pending = paid {
+        // An asynchronous payment: its outcome arrives by the provider's callback.
+        sale.stats.pending.fetch_add(1, Relaxed);
+        permit = None;
+        paid = demo_payments::wait_settled(
+            &sale.http,
+            &sale.payments,
+            &token,
+            &hold.hold_id,
+            Duration::from_secs(120),
+        )
+        .await;
+    }
+    match paid {
+        Paid::Booked(booking_id) => {
             sale.stats.confirmed.fetch_add(1, Relaxed);
             // 2% of buyers ask for their money back.
-            if rnd(&mut r) % 100 < 2 && refund(sale, &bk).await {
-                sale.stats.refunded.fetch_add(1, Relaxed);
+            if rnd(&mut r) % 100 < 2 {
+                match demo_payments::refund(&sale.http, &sale.payments, &token, &booking_id).await {
+                    Ok(()) => {
+                        sale.stats.refunded.fetch_add(1, Relaxed);
+                    }
+                    Err(code) => sale.stats.error_code(&code),
+                }
             }
         }
         Paid::TooLate => {
             sale.stats.too_late.fetch_add(1, Relaxed);
         }
-        Paid::Failed(e) => {
-            sale.stats.error(&e);
+        Paid::Declined => {
+            sale.stats.declined.fetch_add(1, Relaxed);
         }
+        Paid::RefundedLate => {
+            sale.stats.refunded_late.fetch_add(1, Relaxed);
+        }
+        Paid::Pending => sale.stats.error_code("checkout still pending after 120 s"),
+        Paid::Failed(code) => sale.stats.error_code(&code),
     }
+    drop(permit);
 }
 
 /// 1–4 seats side by side in a section that has them (by the room's last availability);
@@ -745,62 +909,32 @@ fn layout(seats: u32) -> Vec<(String, Vec<u32>)> {
     out
 }
 
-enum Paid {
-    Booked(api::Booking),
-    TooLate,
-    Failed(Error),
-}
-
-/// Pay for a hold: start the checkout (extend into the payment grace) and confirm it with
-/// the service key. No provider is involved yet: the checkout goes from started to booked.
-async fn pay(sale: &Sale, hold: &api::Hold) -> Paid {
-    let payment_ref = format!("demo-{}", hold.hold_id);
-    // Whatever the answers say, the ledger is asked at the end what became of this hold.
-    sale.book
-        .lock()
-        .expect("lock")
-        .paid_holds
-        .push(hold.hold_id.clone());
-    let t = Instant::now();
-    let extended = sale.service.extend(&hold.hold_id, &payment_ref).await;
-    sale.stats.record(t);
-    match extended {
-        Ok(_) => {}
-        Err(e) if is_gone(&e) => return Paid::TooLate,
-        Err(e) => return Paid::Failed(e),
-    }
-    let t = Instant::now();
-    let booked = sale.service.confirm(&hold.hold_id, &payment_ref).await;
-    sale.stats.record(t);
-    match booked {
-        Ok(bk) => Paid::Booked(bk),
-        Err(e) if is_gone(&e) => Paid::TooLate,
-        Err(e) => Paid::Failed(e),
-    }
-}
-
-fn is_gone(e: &Error) -> bool {
-    matches!(e.code(), Some("hold_expired" | "hold_not_live"))
-}
-
-async fn refund(sale: &Sale, bk: &api::Booking) -> bool {
-    let t = Instant::now();
-    let done = sale.service.refund(&bk.booking_id, vec![]).await;
-    sale.stats.record(t);
-    match done {
-        Ok(_) => true,
-        Err(e) => {
-            sale.stats.error(&e);
-            false
-        }
-    }
-}
-
-async fn verify(admin: &Client, sale: &Sale, seats: u32) -> anyhow::Result<Vec<(String, bool)>> {
+async fn verify(
+    admin: &Client,
+    sale: &Sale,
+    seats: u32,
+    sim_url: &str,
+) -> anyhow::Result<Vec<(String, bool)>> {
     let p = admin.performance(&sale.pid).await?;
     let map = admin.seats(&sale.pid, None).await?;
     let sold_cells = map.seats.iter().filter(|s| s.state == "sold").count() as u32;
-    let bookings = ledger_bookings(&sale.service, sale).await?;
+    // The payments service finishes what was left open (its resume runs every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let no_open_checkout = loop {
+        let open = sale.service.checkouts(true, None, 10).await?;
+        if open.checkouts.is_empty() || Instant::now() > deadline {
+            break open.checkouts.is_empty();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let paid = ledger_payments(&sale.service, sale).await?;
+    let bookings: Vec<&api::Booking> = paid.iter().filter_map(|p| p.booking.as_ref()).collect();
+    let provider = demo_payments::provider_book(&sale.http, sim_url).await?;
+    let mismatches = money_mismatches(&paid, &provider);
+    for m in mismatches.iter().take(5) {
+        eprintln!("  money mismatch: {m}");
+    }
+    let kept = provider.captured_minor - provider.refunded_minor.min(provider.captured_minor);
     let (sold_twice, tickets_sold, owned, revenue) = {
         let mut owner: HashMap<&str, &str> = HashMap::new();
         let mut twice = 0;
@@ -872,6 +1006,26 @@ async fn verify(admin: &Client, sale: &Sale, seats: u32) -> anyhow::Result<Vec<(
                 )
             },
             fifo,
+        ),
+        (
+            format!(
+                "the provider kept {kept} = the ledger's revenue {} (captured {}, refunded {})",
+                p.revenue_minor, provider.captured_minor, provider.refunded_minor
+            ),
+            kept == p.revenue_minor,
+        ),
+        (
+            format!(
+                "every kept capture has its booking, every booking its capture ({} charges, {} paid holds, {} mismatches)",
+                provider.charges.len(),
+                paid.len(),
+                mismatches.len()
+            ),
+            mismatches.is_empty(),
+        ),
+        (
+            "no checkout left open (the payments service settled every one)".to_string(),
+            no_open_checkout,
         ),
         ("every node's state hash is equal".to_string(), hashes_equal),
     ])
@@ -948,9 +1102,9 @@ fn sales_svg(series: &[Sample], capacity: u32) -> String {
     out
 }
 
-/// The bookings the ledger holds for every hold that went to payment (read back, 64 at a
-/// time, linearizably).
-async fn ledger_bookings(service: &Client, sale: &Sale) -> anyhow::Result<Vec<api::Booking>> {
+/// What the ledger holds for every hold that went to payment: its checkout (if it was
+/// extended) and its booking (if confirmed), read back 64 at a time, linearizably.
+async fn ledger_payments(service: &Client, sale: &Sale) -> anyhow::Result<Vec<PaidHold>> {
     let holds = sale.book.lock().expect("lock").paid_holds.clone();
     let mut out = Vec::new();
     for chunk in holds.chunks(64) {
@@ -960,20 +1114,78 @@ async fn ledger_bookings(service: &Client, sale: &Sale) -> anyhow::Result<Vec<ap
                 let (service, h) = (service.clone(), h.clone());
                 tokio::spawn(async move {
                     let hold = service.get_hold(&h).await?;
-                    match hold.booking_id {
-                        Some(b) => service.booking(&b).await.map(Some),
-                        None => Ok(None),
-                    }
+                    let checkout = match service.checkout(&h).await {
+                        Ok(c) => Some(c),
+                        Err(e) if e.code() == Some("not_found") => None,
+                        Err(e) => return Err(e),
+                    };
+                    let booking = match &hold.booking_id {
+                        Some(b) => Some(service.booking(b).await?),
+                        None => None,
+                    };
+                    Ok(PaidHold {
+                        hold,
+                        checkout,
+                        booking,
+                    })
                 })
             })
             .collect();
         for r in reads {
-            if let Some(b) = r.await?.context("reading a hold back from the ledger")? {
-                out.push(b);
-            }
+            out.push(r.await?.context("reading a hold back from the ledger")?);
         }
     }
     Ok(out)
+}
+
+struct PaidHold {
+    hold: api::Hold,
+    checkout: Option<api::Checkout>,
+    booking: Option<api::Booking>,
+}
+
+/// Each paid hold against the provider's charge under its payment_ref: a kept capture ⇔ a
+/// booking of the same amount; declined, cancelled or refunded ⇒ no booking. Returns the
+/// holds that break it, described.
+fn money_mismatches(paid: &[PaidHold], book: &api::payments::ProviderBook) -> Vec<String> {
+    use api::payments::ChargeStatus as S;
+    let charges: HashMap<&str, &api::payments::Charge> = book
+        .charges
+        .iter()
+        .map(|c| (c.idempotency_key.as_str(), c))
+        .collect();
+    let mut bad = Vec::new();
+    for p in paid {
+        let key = format!("pay-{}", p.hold.hold_id);
+        let charge = charges.get(key.as_str());
+        let state = p.checkout.as_ref().map(|c| c.state);
+        let ok = match (charge.map(|c| c.status), state, &p.booking) {
+            (Some(S::Captured), Some(api::CheckoutState::Booked), Some(b)) => {
+                b.amount_minor == charge.map_or(0, |c| c.amount_minor)
+            }
+            (Some(S::Refunded), Some(api::CheckoutState::Refunded), None) => true,
+            // A booking refunded later through the payments service: money back, seats too.
+            (Some(S::Refunded), Some(api::CheckoutState::Booked), Some(b)) => {
+                b.refunded_minor == b.amount_minor
+            }
+            (
+                Some(S::Declined | S::Cancelled) | None,
+                Some(api::CheckoutState::Failed) | None,
+                None,
+            ) => true,
+            _ => false,
+        };
+        if !ok {
+            bad.push(format!(
+                "hold {}: provider {:?}, checkout {:?}, booking {:?}",
+                p.hold.hold_id,
+                charge.map(|c| c.status),
+                state,
+                p.booking.as_ref().map(|b| &b.booking_id)
+            ));
+        }
+    }
+    bad
 }
 
 fn parse_ms(rfc3339: &str) -> Option<u64> {

@@ -66,6 +66,13 @@ enum Cmd {
         /// sales.svg, a chart of sales over time).
         #[arg(long, default_value = "ticketctl-demo-report")]
         report: PathBuf,
+        /// Percent of ordinary card payments the simulated provider declines.
+        #[arg(long, default_value_t = 3)]
+        decline_percent: u32,
+        /// Percent of ordinary card payments the provider captures but answers too late
+        /// for (the payments service cancels them, which refunds the capture).
+        #[arg(long, default_value_t = 1)]
+        timeout_percent: u32,
     },
     /// A local cluster of real ticketd processes.
     #[command(subcommand)]
@@ -358,7 +365,15 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             admission_rate,
             prequeue_percent,
             report,
+            decline_percent,
+            timeout_percent,
         } => {
+            // `--url` (or TICKETLEDGER_URL) runs the on-sale on that cluster, with `--key`.
+            let external = match (cli.urls.is_empty(), &cli.key) {
+                (true, _) => None,
+                (false, Some(k)) => Some((cli.urls.clone(), k.clone())),
+                (false, None) => bail!("demo on a running cluster (--url) needs an operator --key"),
+            };
             client::demo::run(client::demo::DemoOptions {
                 seats: *seats,
                 buyers: *buyers,
@@ -367,6 +382,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 admission_rate: *admission_rate,
                 prequeue_percent: *prequeue_percent,
                 report_dir: report.clone(),
+                decline_percent: *decline_percent,
+                timeout_percent: *timeout_percent,
+                external,
             })
             .await
         }

@@ -1,0 +1,218 @@
+//! The demo's payment side: the simulated provider and the payments service as real child
+//! processes (the `payments` binary next to `ticketctl`), and the calls buyers make to them.
+
+use anyhow::{Context, bail};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A child process killed (by pid, via its handle) when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `payments` binary: `$PAYMENTS_BIN`, else next to this executable.
+pub fn find_payments() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("PAYMENTS_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let c = dir.join("payments");
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    bail!(
+        "no `payments` binary next to {} (build it: `cargo build --bins`, or set PAYMENTS_BIN)",
+        exe.display()
+    )
+}
+
+/// Start `payments <args>` and wait for its `listening on <url>` line (stderr to `log`).
+pub fn spawn(
+    name: &'static str,
+    args: &[String],
+    log: &std::path::Path,
+) -> anyhow::Result<(ChildGuard, String)> {
+    let bin = find_payments()?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = Command::new(&bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("the child's stdout")?;
+    let guard = ChildGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Drain the rest so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx.recv_timeout(Duration::from_secs(15)).with_context(|| {
+        format!(
+            "{name} did not say where it listens within 15 s (its log: {})",
+            log.display()
+        )
+    })?;
+    let url = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("{name} printed {line:?}"))?
+        .trim()
+        .to_string();
+    Ok((guard, url))
+}
+
+/// What a buyer's checkout through the payments service came to.
+pub enum Paid {
+    Booked(String),
+    /// Captured after the hold ended and its seats were gone: refunded at once.
+    RefundedLate,
+    Declined,
+    /// The hold had ended before the checkout started: nothing charged.
+    TooLate,
+    /// Left to the payments service's resume.
+    Pending,
+    Failed(String),
+}
+
+pub async fn checkout(
+    http: &reqwest::Client,
+    payments: &str,
+    token: &str,
+    hold_id: &str,
+    source: &str,
+) -> Paid {
+    use api::payments::{CheckoutOutcome, CheckoutResult, StartCheckout};
+    let sent = http
+        .post(format!("{payments}/v1/checkouts"))
+        .bearer_auth(token)
+        .json(&StartCheckout {
+            hold_id: hold_id.into(),
+            source: source.into(),
+        })
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => return Paid::Failed(format!("payments: {e}")),
+    };
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<CheckoutResult>(&body) {
+        Ok(r) => match r.outcome {
+            CheckoutOutcome::Booked => match r.booking_id {
+                Some(b) => Paid::Booked(b),
+                None => Paid::Failed("booked without a booking id".into()),
+            },
+            CheckoutOutcome::Refunded => Paid::RefundedLate,
+            CheckoutOutcome::Declined => Paid::Declined,
+            CheckoutOutcome::Expired => Paid::TooLate,
+            CheckoutOutcome::Pending => Paid::Pending,
+        },
+        Err(_) => match serde_json::from_slice::<api::Problem>(&body) {
+            Ok(p) => Paid::Failed(p.code),
+            Err(_) => Paid::Failed(format!("payments http {status}")),
+        },
+    }
+}
+
+/// Refund a whole booking through the payments service (ledger and provider).
+pub async fn refund(
+    http: &reqwest::Client,
+    payments: &str,
+    token: &str,
+    booking_id: &str,
+) -> Result<(), String> {
+    let r = http
+        .post(format!("{payments}/v1/refunds"))
+        .bearer_auth(token)
+        .json(&api::payments::RefundBooking {
+            booking_id: booking_id.into(),
+        })
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("payments: {e}"))?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap_or_default();
+        Err(serde_json::from_slice::<api::Problem>(&body)
+            .map(|p| p.code)
+            .unwrap_or_else(|_| format!("payments http {status}")))
+    }
+}
+
+/// The provider's book (every charge and the money totals).
+pub async fn provider_book(
+    http: &reqwest::Client,
+    sim: &str,
+) -> anyhow::Result<api::payments::ProviderBook> {
+    Ok(http
+        .get(format!("{sim}/v1/charges"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+/// The payments service's outcome counters.
+pub async fn service_stats(http: &reqwest::Client, payments: &str) -> serde_json::Value {
+    match http.get(format!("{payments}/v1/stats")).send().await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Wait for a pending checkout to settle (the provider's callback, or the service's resume),
+/// asking the payments service once a second, for at most `deadline`.
+pub async fn wait_settled(
+    http: &reqwest::Client,
+    payments: &str,
+    token: &str,
+    hold_id: &str,
+    deadline: Duration,
+) -> Paid {
+    use api::payments::{CheckoutOutcome, CheckoutResult};
+    let start = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = http
+            .get(format!("{payments}/v1/checkouts/{hold_id}"))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        if let Ok(r) = r
+            && let Ok(c) = r.json::<CheckoutResult>().await
+        {
+            match (c.outcome, c.booking_id) {
+                (CheckoutOutcome::Booked, Some(b)) => return Paid::Booked(b),
+                (CheckoutOutcome::Refunded, _) => return Paid::RefundedLate,
+                (CheckoutOutcome::Declined, _) => return Paid::Declined,
+                (CheckoutOutcome::Expired, _) => return Paid::TooLate,
+                _ => {}
+            }
+        }
+        if start.elapsed() > deadline {
+            return Paid::Pending;
+        }
+    }
+}

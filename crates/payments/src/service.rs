@@ -1,0 +1,564 @@
+//! The checkout saga (DESIGN.md §6), a client of the ledger through `crates/client`:
+//!
+//! 1. extend the hold into its payment grace with `payment_ref = pay-<hold id>` (the ledger
+//!    records a `started` checkout);
+//! 2. charge the provider with the same key: captured → record `captured`; declined → record
+//!    `failed` (the ledger releases the hold); no answer in time → cancel at the provider,
+//!    which makes the outcome definite (nothing charged → `failed`; it had captured →
+//!    refunded → `refunded`); `pending` (an asynchronous method) → the checkout stays open
+//!    until the provider's callback (or a resume's lookup) brings the outcome;
+//! 3. confirm the hold; if it expired meanwhile, the written rule: book the same seats if they
+//!    are all still free (`confirm-late`), otherwise refund the capture at once and record
+//!    `refunded`. Any other definite refusal of the booking also refunds: no stuck orders.
+//!
+//! Every step's state is in the ledger and every call is idempotent (the provider by the
+//! payment_ref, the ledger by keys derived from it), so [`Payments::resume`] (run at start
+//! and then periodically) finishes every open checkout after a crash: the one thing the
+//! service keeps in memory is which holds it is driving right now.
+
+use crate::provider::{CancelOutcome, ChargeOutcome, Provider, ProviderError};
+use api::payments::{ChargeRequest, ChargeStatus, CheckoutOutcome, CheckoutResult};
+use client::{Client, Error};
+use reqwest::Method;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Most steps one drive takes before it reports `pending` (each step reads the checkout).
+const MAX_STEPS: usize = 8;
+/// Attempts at a provider cancel before the outcome is left to the next resume.
+const CANCEL_ATTEMPTS: u32 = 3;
+/// Open checkouts read per page while resuming.
+const RESUME_PAGE: u32 = 500;
+
+/// The checkout's payment_ref (and the provider's idempotency key) for a hold.
+pub fn payment_ref(hold_id: &str) -> String {
+    format!("pay-{hold_id}")
+}
+
+/// The hold a payment_ref of ours belongs to.
+pub fn hold_of(payment_ref: &str) -> Option<&str> {
+    payment_ref.strip_prefix("pay-").filter(|h| !h.is_empty())
+}
+
+/// A ledger idempotency key for one step of one checkout: the same on every retry and after
+/// a restart, so the ledger answers a repeat with the first outcome.
+fn step_key(step: &str, payment_ref: &str) -> String {
+    let h = blake3::hash(format!("{step}\0{payment_ref}").as_bytes());
+    h.to_hex()[..32].to_string()
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub booked: AtomicU64,
+    pub booked_late: AtomicU64,
+    pub declined: AtomicU64,
+    pub refunded: AtomicU64,
+    pub expired: AtomicU64,
+    pub pending: AtomicU64,
+    pub provider_timeouts: AtomicU64,
+    pub callbacks: AtomicU64,
+    pub resumed: AtomicU64,
+}
+
+impl Stats {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "booked": self.booked.load(Relaxed),
+            "booked_late": self.booked_late.load(Relaxed),
+            "declined": self.declined.load(Relaxed),
+            "refunded": self.refunded.load(Relaxed),
+            "expired": self.expired.load(Relaxed),
+            "pending": self.pending.load(Relaxed),
+            "provider_timeouts": self.provider_timeouts.load(Relaxed),
+            "callbacks": self.callbacks.load(Relaxed),
+            "resumed": self.resumed.load(Relaxed),
+        })
+    }
+}
+
+/// What the provider step concluded.
+enum Decided {
+    Captured(String),
+    Failed(String),
+    RefundedAtProvider(String, String),
+    /// Not definite yet: leave the checkout open for the next resume.
+    Unknown(String),
+}
+
+/// Why a drive could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("the ledger refused: {0}")]
+    Ledger(#[from] Error),
+    #[error("hold {0} is in checkout under another payment_ref")]
+    ForeignCheckout(String),
+}
+
+pub struct Payments<P> {
+    ledger: Client,
+    provider: P,
+    callback_url: Option<String>,
+    /// Holds being driven now, each behind its own lock: a callback, a resume and the buyer's
+    /// request for one hold take turns; different holds run in parallel.
+    driving: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub stats: Stats,
+}
+
+/// A definite refusal by the ledger (a 4xx other than 408/429): retrying cannot change it.
+fn definite(e: &Error) -> bool {
+    e.status()
+        .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429)
+}
+
+impl<P: Provider> Payments<P> {
+    /// `ledger` must carry a service-role key.
+    pub fn new(ledger: Client, provider: P, callback_url: Option<String>) -> Payments<P> {
+        Payments {
+            ledger,
+            provider,
+            callback_url,
+            driving: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        }
+    }
+
+    fn lock_for(&self, hold_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut d = self.driving.lock().expect("driving lock");
+        // Forget the locks nobody holds any more (a bound on the map).
+        if d.len() > 10_000 {
+            d.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        d.entry(hold_id.to_string()).or_default().clone()
+    }
+
+    /// Pay for a hold with `source`, start to end (or `pending` when the ledger or the
+    /// provider did not give a definite answer in time; [`Payments::resume`] finishes it).
+    pub async fn checkout(
+        &self,
+        hold_id: &str,
+        source: &str,
+    ) -> Result<CheckoutResult, DriveError> {
+        let lock = self.lock_for(hold_id);
+        let _g = lock.lock().await;
+        let r = self.drive(hold_id, Some(source)).await;
+        if let Ok(r) = &r {
+            self.count(r);
+        }
+        r
+    }
+
+    /// Finish a checkout without a payment source (a callback arrived, or resuming after a
+    /// restart): whatever the provider decided is recorded; an undecided charge is cancelled.
+    pub async fn settle(&self, hold_id: &str) -> Result<CheckoutResult, DriveError> {
+        let lock = self.lock_for(hold_id);
+        let _g = lock.lock().await;
+        let r = self.drive(hold_id, None).await;
+        if let Ok(r) = &r {
+            self.count(r);
+        }
+        r
+    }
+
+    fn count(&self, r: &CheckoutResult) {
+        let c = match r.outcome {
+            CheckoutOutcome::Booked => &self.stats.booked,
+            CheckoutOutcome::Declined => &self.stats.declined,
+            CheckoutOutcome::Refunded => &self.stats.refunded,
+            CheckoutOutcome::Expired => &self.stats.expired,
+            CheckoutOutcome::Pending => &self.stats.pending,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    /// Every open checkout of ours in the ledger, settled `concurrency` at a time; holds being
+    /// driven in this process right now are left to their driver. Returns how many it settled.
+    pub async fn resume(self: &Arc<Self>, concurrency: usize) -> Result<u64, Error> {
+        let mut after: Option<String> = None;
+        let mut settled = 0;
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = Vec::new();
+        loop {
+            let page = self
+                .ledger
+                .checkouts(true, after.as_deref(), RESUME_PAGE)
+                .await?;
+            for c in page.checkouts {
+                if hold_of(&c.payment_ref) != Some(c.hold_id.as_str()) {
+                    continue; // not a checkout of this service
+                }
+                let busy = self
+                    .driving
+                    .lock()
+                    .expect("driving lock")
+                    .get(&c.hold_id)
+                    .is_some_and(|l| l.try_lock().is_err());
+                if busy {
+                    continue;
+                }
+                let (me, permits) = (self.clone(), permits.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _p = permits.acquire().await;
+                    me.settle(&c.hold_id).await
+                }));
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        for t in tasks {
+            match t.await {
+                Ok(Ok(_)) => {
+                    settled += 1;
+                    self.stats.resumed.fetch_add(1, Relaxed);
+                }
+                Ok(Err(e)) => tracing::warn!("resuming a checkout: {e}"),
+                Err(e) => tracing::error!("a resume task failed: {e}"),
+            }
+        }
+        Ok(settled)
+    }
+
+    fn result(
+        &self,
+        hold_id: &str,
+        outcome: CheckoutOutcome,
+        booking_id: Option<String>,
+        reason: Option<String>,
+    ) -> CheckoutResult {
+        CheckoutResult {
+            hold_id: hold_id.to_string(),
+            payment_ref: payment_ref(hold_id),
+            outcome,
+            booking_id,
+            reason,
+        }
+    }
+
+    /// The saga, one definite step at a time, re-reading the ledger's checkout between steps.
+    async fn drive(
+        &self,
+        hold_id: &str,
+        source: Option<&str>,
+    ) -> Result<CheckoutResult, DriveError> {
+        let pref = payment_ref(hold_id);
+        let mut charged = false;
+        for _ in 0..MAX_STEPS {
+            let co = match self.ledger.checkout(hold_id).await {
+                Ok(c) => c,
+                Err(e) if e.code() == Some("not_found") && source.is_some() => {
+                    let body = api::ExtendHold {
+                        payment_ref: pref.clone(),
+                    };
+                    let extended: Result<api::Hold, Error> = self
+                        .ledger
+                        .send_keyed(
+                            Method::POST,
+                            &format!("/v1/holds/{hold_id}/extend"),
+                            Some(&body),
+                            Some(step_key("extend", &pref)),
+                        )
+                        .await;
+                    match extended {
+                        Ok(_) => continue,
+                        Err(e) if definite(&e) && e.code() != Some("not_found") => {
+                            return Ok(self.result(
+                                hold_id,
+                                CheckoutOutcome::Expired,
+                                None,
+                                Some(e.to_string()),
+                            ));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if co.payment_ref != pref {
+                return Err(DriveError::ForeignCheckout(hold_id.to_string()));
+            }
+            match co.state {
+                api::CheckoutState::Started => {
+                    let decided = match source {
+                        Some(src) if !charged => {
+                            charged = true;
+                            self.charge(&co, src).await
+                        }
+                        _ => self.settle_at_provider(&pref).await,
+                    };
+                    let event = match decided {
+                        Decided::Captured(provider_ref) => {
+                            api::PaymentEvent::Captured { provider_ref }
+                        }
+                        Decided::Failed(reason) => api::PaymentEvent::Failed { reason },
+                        Decided::RefundedAtProvider(provider_ref, reason) => {
+                            api::PaymentEvent::Refunded {
+                                provider_ref,
+                                reason,
+                            }
+                        }
+                        Decided::Unknown(reason) => {
+                            return Ok(self.result(
+                                hold_id,
+                                CheckoutOutcome::Pending,
+                                None,
+                                Some(reason),
+                            ));
+                        }
+                    };
+                    if let Some(r) = self.record(hold_id, &pref, event).await? {
+                        return Ok(r);
+                    }
+                }
+                api::CheckoutState::Captured => {
+                    let provider_ref = co.provider_ref.clone().unwrap_or_default();
+                    match self.book(hold_id, &pref).await {
+                        Ok(b) => {
+                            return Ok(self.result(
+                                hold_id,
+                                CheckoutOutcome::Booked,
+                                Some(b.booking_id),
+                                None,
+                            ));
+                        }
+                        Err(e) if definite(&e) => {
+                            // The written rule: no booking is possible, so the money goes back
+                            // now, and the checkout says so.
+                            let reason =
+                                format!("no booking possible: {}", e.code().unwrap_or("refused"));
+                            match self.provider.refund(&pref).await {
+                                Ok(_) => {
+                                    let event = api::PaymentEvent::Refunded {
+                                        provider_ref,
+                                        reason,
+                                    };
+                                    if let Some(r) = self.record(hold_id, &pref, event).await? {
+                                        return Ok(r);
+                                    }
+                                }
+                                Err(pe) => {
+                                    return Ok(self.result(
+                                        hold_id,
+                                        CheckoutOutcome::Pending,
+                                        None,
+                                        Some(format!("{reason}; the refund is owed: {pe}")),
+                                    ));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            return Ok(self.result(
+                                hold_id,
+                                CheckoutOutcome::Pending,
+                                None,
+                                Some(format!("booking not confirmed yet: {e}")),
+                            ));
+                        }
+                    }
+                }
+                api::CheckoutState::Booked => {
+                    return Ok(self.result(hold_id, CheckoutOutcome::Booked, co.booking_id, None));
+                }
+                api::CheckoutState::Failed => {
+                    return Ok(self.result(hold_id, CheckoutOutcome::Declined, None, co.reason));
+                }
+                api::CheckoutState::Refunded => {
+                    return Ok(self.result(hold_id, CheckoutOutcome::Refunded, None, co.reason));
+                }
+            }
+        }
+        Ok(self.result(
+            hold_id,
+            CheckoutOutcome::Pending,
+            None,
+            Some("still moving after every step it may take now".into()),
+        ))
+    }
+
+    /// Record a provider outcome in the ledger. `Ok(None)`: recorded (or it no longer fits
+    /// because the state moved on): read the checkout again. `Ok(Some(pending))`: the ledger
+    /// did not answer in time.
+    async fn record(
+        &self,
+        hold_id: &str,
+        pref: &str,
+        event: api::PaymentEvent,
+    ) -> Result<Option<CheckoutResult>, DriveError> {
+        let kind = match &event {
+            api::PaymentEvent::Captured { .. } => "captured",
+            api::PaymentEvent::Failed { .. } => "failed",
+            api::PaymentEvent::Refunded { .. } => "refunded",
+        };
+        let body = api::RecordPayment {
+            payment_ref: pref.to_string(),
+            event,
+        };
+        let r: Result<api::Checkout, Error> = self
+            .ledger
+            .send_keyed(
+                Method::POST,
+                &format!("/v1/holds/{hold_id}/payment"),
+                Some(&body),
+                Some(step_key(kind, pref)),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(None),
+            Err(e) if e.code() == Some("invalid_state") => Ok(None),
+            Err(e) if definite(&e) => Err(e.into()),
+            Err(e) => Ok(Some(self.result(
+                hold_id,
+                CheckoutOutcome::Pending,
+                None,
+                Some(format!("recording the {kind} payment: {e}")),
+            ))),
+        }
+    }
+
+    /// Confirm the hold; if it expired meanwhile, book the same seats if they are free.
+    async fn book(&self, hold_id: &str, pref: &str) -> Result<api::Booking, Error> {
+        let body = api::ConfirmHold {
+            payment_ref: pref.to_string(),
+        };
+        let confirmed = self
+            .ledger
+            .send_keyed(
+                Method::POST,
+                &format!("/v1/holds/{hold_id}/confirm"),
+                Some(&body),
+                Some(step_key("confirm", pref)),
+            )
+            .await;
+        match confirmed {
+            Err(e) if e.code() == Some("hold_expired") => {
+                let late = self
+                    .ledger
+                    .send_keyed(
+                        Method::POST,
+                        &format!("/v1/holds/{hold_id}/confirm-late"),
+                        Some(&body),
+                        Some(step_key("confirm-late", pref)),
+                    )
+                    .await;
+                if late.is_ok() {
+                    self.stats.booked_late.fetch_add(1, Relaxed);
+                }
+                late
+            }
+            other => other,
+        }
+    }
+
+    async fn charge(&self, co: &api::Checkout, source: &str) -> Decided {
+        let req = ChargeRequest {
+            idempotency_key: co.payment_ref.clone(),
+            amount_minor: co.amount_minor,
+            currency: co.currency.clone(),
+            source: source.to_string(),
+            callback_url: self.callback_url.clone(),
+        };
+        match self.provider.charge(&req).await {
+            Ok(ChargeOutcome::Captured { provider_ref }) => Decided::Captured(provider_ref),
+            Ok(ChargeOutcome::Declined { reason }) => Decided::Failed(reason),
+            Ok(ChargeOutcome::Cancelled) => Decided::Failed("cancelled at the provider".into()),
+            Ok(ChargeOutcome::Pending) => Decided::Unknown(
+                "the provider decides asynchronously; its callback settles the checkout".into(),
+            ),
+            Err(e) if e.is_unknown() => {
+                self.stats.provider_timeouts.fetch_add(1, Relaxed);
+                self.void(&co.payment_ref, format!("provider: {e}")).await
+            }
+            Err(e) => Decided::Failed(e.to_string()),
+        }
+    }
+
+    /// The outcome of a charge whose answer this process does not have.
+    async fn settle_at_provider(&self, pref: &str) -> Decided {
+        match self.provider.lookup(pref).await {
+            Ok(Some(c)) => match c.status {
+                ChargeStatus::Captured => Decided::Captured(c.charge_id),
+                ChargeStatus::Declined => {
+                    Decided::Failed(c.reason.unwrap_or_else(|| "declined".into()))
+                }
+                ChargeStatus::Cancelled => Decided::Failed("cancelled at the provider".into()),
+                ChargeStatus::Refunded => Decided::RefundedAtProvider(
+                    c.charge_id,
+                    c.reason.unwrap_or_else(|| "refunded".into()),
+                ),
+                // The provider is still deciding (an asynchronous method, or a charge whose
+                // answer died with a previous process): its callback or the next resume ends it.
+                ChargeStatus::Pending => Decided::Unknown("the provider is still deciding".into()),
+            },
+            Ok(None) => {
+                self.void(
+                    pref,
+                    "the checkout was interrupted before the provider was asked".into(),
+                )
+                .await
+            }
+            Err(e) => Decided::Unknown(format!("provider lookup: {e}")),
+        }
+    }
+
+    /// Make the charge definite by cancelling it at the provider.
+    async fn void(&self, pref: &str, reason: String) -> Decided {
+        let mut last = String::new();
+        for attempt in 0..CANCEL_ATTEMPTS {
+            match self.provider.cancel(pref).await {
+                Ok(CancelOutcome::NothingCharged { .. }) => return Decided::Failed(reason),
+                Ok(CancelOutcome::Refunded { provider_ref }) => {
+                    return Decided::RefundedAtProvider(
+                        provider_ref,
+                        format!("{reason}; it had captured and was refunded"),
+                    );
+                }
+                Err(ProviderError::Refused(m)) => return Decided::Unknown(m),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        Decided::Unknown(format!("{reason}; cancel not answered: {last}"))
+    }
+
+    /// Refund a whole booking of ours: in the ledger first (the seats return to sale), then
+    /// the money at the provider, both under keys derived from the booking's payment_ref.
+    pub async fn refund_booking(&self, booking_id: &str) -> Result<u64, DriveError> {
+        let bk = self.ledger.booking(booking_id).await?;
+        if hold_of(&bk.payment_ref).is_none() {
+            return Err(DriveError::ForeignCheckout(bk.hold_id));
+        }
+        let body = api::RefundRequest {
+            tickets: vec![],
+            refund_ref: Some(format!("refund-{}", bk.payment_ref)),
+        };
+        let already = bk.refunded_minor == bk.amount_minor;
+        if !already {
+            let r: Result<api::Refunded, Error> = self
+                .ledger
+                .send_keyed(
+                    Method::POST,
+                    &format!("/v1/bookings/{booking_id}/refund"),
+                    Some(&body),
+                    Some(step_key("refund-booking", &bk.payment_ref)),
+                )
+                .await;
+            r?;
+        }
+        let mut last = None;
+        for attempt in 0..CANCEL_ATTEMPTS {
+            match self.provider.refund(&bk.payment_ref).await {
+                Ok(_) => return Ok(bk.amount_minor - bk.refunded_minor),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        let e = last.expect("at least one attempt");
+        Err(DriveError::Ledger(Error::Unavailable {
+            deadline: Duration::ZERO,
+            attempts: CANCEL_ATTEMPTS,
+            last: format!("the booking is refunded in the ledger, the money not yet: {e}"),
+        }))
+    }
+}
