@@ -545,7 +545,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         ("checkouts", &s.checkouts),
         ("bookings confirmed", &s.confirmed),
         ("declined or timed out", &s.declined),
-        ("captured late, refunded", &s.refunded_late),
+        ("refunded at checkout", &s.refunded_late),
         ("paid asynchronously", &s.pending),
         ("abandoned their hold", &s.abandoned),
         ("came back too late", &s.too_late),
@@ -554,7 +554,13 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     ] {
         println!("  {label:<26}{}", v.load(Relaxed));
     }
-    println!("  payments service          {pay_stats}");
+    println!(
+        "  payments service          booked late {}, provider timeouts {}, callbacks {}, resumed {}",
+        pay_stats["booked_late"],
+        pay_stats["provider_timeouts"],
+        pay_stats["callbacks"],
+        pay_stats["resumed"]
+    );
     println!("  p99 latency (all calls)   {:.1} ms", s.p99_ms(0));
     for (code, n) in s.error_codes.lock().expect("lock").iter() {
         println!("    error {code:<20}{n}");
