@@ -383,3 +383,71 @@ async fn watch_refuses_buyers_bad_input_and_indexes_beyond_the_log() {
     assert_eq!(ev.changes[0].kind, "hold_placed");
     assert_eq!(ev.changes[0].hold_id.as_deref(), Some(h.hold_id.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_grpc_clients_watch_reconnects_to_another_node_by_itself() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 3, 2).await.unwrap();
+    let key = key(&t, "service").await;
+    let leader = t.c().wait_leader(Duration::from_secs(5)).await.unwrap();
+    // The client starts at the first address it is given: a follower, killed mid-stream.
+    let victim = t.c().nodes.iter().find(|n| n.id != leader).unwrap().clone();
+    let mut addrs = vec![victim.grpc.clone()];
+    addrs.extend(
+        t.c()
+            .nodes
+            .iter()
+            .filter(|n| n.id != victim.id)
+            .map(|n| n.grpc.clone()),
+    );
+    let c = client::grpc::GrpcClient::new(addrs)
+        .with_key(key.clone())
+        .with_deadline(WAIT);
+    let mut reference = SseStream::open(&t.c().node(leader).unwrap().http, &key, "", None)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut w = c.watch(0);
+    let mut got: Vec<api::feed::FeedEvent> = Vec::new();
+    let mut pull = async |got: &mut Vec<api::feed::FeedEvent>,
+                          want: &BTreeSet<(String, String)>| {
+        while !has_all(got, want) {
+            let ev = tokio::time::timeout(WAIT, w.next())
+                .await
+                .expect("an event in time")
+                .unwrap()
+                .expect("the watch goes on");
+            got.push(api::feed::FeedEvent {
+                log_index: ev.log_index,
+                at_ms: ev.at_ms,
+                changes: ev
+                    .changes
+                    .into_iter()
+                    .map(|c| api::feed::FeedChange {
+                        kind: c.r#type,
+                        performance_id: Some(c.performance_id).filter(|s| !s.is_empty()),
+                        hold_id: Some(c.hold_id).filter(|s| !s.is_empty()),
+                        booking_id: Some(c.booking_id).filter(|s| !s.is_empty()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            });
+        }
+    };
+    let mut want = operate(&cat, 1, 6).await.unwrap();
+    pull(&mut got, &want).await;
+    t.c().signal(victim.id, "KILL").unwrap();
+    want.extend(operate(&cat, 2, 6).await.unwrap());
+    pull(&mut got, &want).await;
+    let last = got.last().unwrap().log_index;
+    let mut all = Vec::new();
+    read_until(&mut reference, &mut all, |e| {
+        e.last().is_some_and(|x| x.log_index >= last)
+    })
+    .await
+    .unwrap();
+    let indexes: Vec<u64> = got.iter().map(|e| e.log_index).collect();
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+    assert_eq!(indexes, all.iter().map(|e| e.log_index).collect::<Vec<_>>());
+    assert_eq!(facts(&got), facts(&all));
+}
