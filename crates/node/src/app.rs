@@ -25,6 +25,13 @@ pub enum Consistency {
 
 /// Commands the proposer takes into one Raft proposal at most.
 pub const MAX_PROPOSAL_BATCH: usize = 512;
+/// Batches proposed but not yet applied, at most. While they are in flight new writes wait
+/// in the (bounded) queue, so under load the next batch takes everything that arrived
+/// meanwhile: batches grow with load instead of every write becoming its own proposal, log
+/// append and replication round. Measured (loadgen hold, 256 clients, 3 nodes on 2 cores, dev
+/// profile): 1.0 commands per proposal without this bound, ~52 with 2 in flight; throughput
+/// 8,459-8,686 → 8,881-9,325 holds/s, within the machine's noise (bench/README.md).
+pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// A write waiting for the proposer.
 pub struct Proposal {
@@ -217,7 +224,12 @@ impl App {
         let Some(mut rx) = self.proposals_rx.lock().expect("proposer lock").take() else {
             return;
         };
-        while let Some(first) = rx.recv().await {
+        let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+        loop {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(first) = rx.recv().await else { return };
             let mut batch = vec![first];
             while batch.len() < MAX_PROPOSAL_BATCH {
                 match rx.try_recv() {
@@ -244,6 +256,7 @@ impl App {
                 .unzip();
             match self.raft.client_write_many(requests).await {
                 Err(fatal) => {
+                    drop(permit);
                     for r in replies {
                         let _ = r.send(Err(WriteFailure::Other(ApiError::unavailable(
                             "unavailable",
@@ -252,39 +265,51 @@ impl App {
                     }
                 }
                 Ok(mut results) => {
+                    let deadline = self.cfg.request_timeout;
                     tokio::spawn(async move {
                         use futures::StreamExt;
-                        for reply in replies {
-                            let answer = match results.next().await {
-                                Some(Ok(Ok(w))) => {
-                                    let index = w.response.index;
-                                    w.response.outcome().map(|o| (o, index)).ok_or_else(|| {
-                                        WriteFailure::Other(ApiError::internal(
-                                            "a command entry answered without an outcome",
-                                        ))
-                                    })
-                                }
-                                Some(Ok(Err(
-                                    openraft::error::ClientWriteError::ForwardToLeader(_),
-                                ))) => Err(WriteFailure::NotLeader),
-                                Some(Ok(Err(e))) => Err(WriteFailure::Other(
-                                    ApiError::unavailable("unavailable", e.to_string()),
-                                )),
-                                Some(Err(fatal)) => {
-                                    Err(WriteFailure::Other(ApiError::unavailable(
+                        let answer_all = async move {
+                            for reply in replies {
+                                let answer = match results.next().await {
+                                    Some(Ok(Ok(w))) => {
+                                        let index = w.response.index;
+                                        w.response.outcome().map(|o| (o, index)).ok_or_else(|| {
+                                            WriteFailure::Other(ApiError::internal(
+                                                "a command entry answered without an outcome",
+                                            ))
+                                        })
+                                    }
+                                    Some(Ok(Err(
+                                        openraft::error::ClientWriteError::ForwardToLeader(_),
+                                    ))) => Err(WriteFailure::NotLeader),
+                                    Some(Ok(Err(e))) => Err(WriteFailure::Other(
+                                        ApiError::unavailable("unavailable", e.to_string()),
+                                    )),
+                                    Some(Err(fatal)) => {
+                                        Err(WriteFailure::Other(ApiError::unavailable(
+                                            "unavailable",
+                                            format!(
+                                                "raft stopped ({fatal}); outcome unknown: retry with the same Idempotency-Key"
+                                            ),
+                                        )))
+                                    }
+                                    None => Err(WriteFailure::Other(ApiError::unavailable(
                                         "unavailable",
-                                        format!(
-                                            "raft stopped ({fatal}); outcome unknown: retry with the same Idempotency-Key"
-                                        ),
-                                    )))
-                                }
-                                None => Err(WriteFailure::Other(ApiError::unavailable(
-                                    "unavailable",
-                                    "the write was not answered (leadership changed?); outcome unknown: retry with the same Idempotency-Key",
-                                ))),
-                            };
-                            let _ = reply.send(answer);
+                                        "the write was not answered (leadership changed?); outcome unknown: retry with the same Idempotency-Key",
+                                    ))),
+                                };
+                                let _ = reply.send(answer);
+                            }
+                        };
+                        // Every entry of the batch is applied (or failed), or the writers gave
+                        // up at their deadline (their replies drop: outcome unknown, retry with
+                        // the same key): the next batch may go.
+                        if tokio::time::timeout(deadline, answer_all).await.is_err() {
+                            tracing::warn!(
+                                "a proposed batch was not applied within the request timeout"
+                            );
                         }
+                        drop(permit);
                     });
                 }
             }
