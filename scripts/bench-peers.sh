@@ -12,7 +12,8 @@
 #   SYSTEMS="ticketledger redis" scripts/bench-peers.sh   # a subset
 #
 # Knobs (environment): WORKLOADS, SYSTEMS, DURATION, WARMUP (seconds), TL_CLIENTS,
-# ETCD_CLIENTS, PG_CLIENTS, REDIS_CLIENTS, LAYOUT (extra loadgen flags), OUT (results dir).
+# ETCD_CLIENTS, PG_CLIENTS, REDIS_CLIENTS, LAYOUT (extra loadgen flags), OUT (results dir),
+# BIN_DIR (use these binaries instead of building).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -49,9 +50,13 @@ install_peers() {
 ensure_build_deps
 announce_build
 install_peers
-echo "==> building ticketd, ticketctl and loadgen (dev profile)"
-cargo build --bins -p node -p client -p loadgen
-bin="$CARGO_TARGET_DIR/debug"
+if [ -n "${BIN_DIR:-}" ]; then
+    bin=$BIN_DIR # prebuilt ticketd, ticketctl and loadgen (dev profile), e.g. a copy kept stable
+else
+    echo "==> building ticketd, ticketctl and loadgen (dev profile)"
+    cargo build --bins -p node -p client -p loadgen
+    bin="$CARGO_TARGET_DIR/debug"
+fi
 
 work=$(mktemp -d /tmp/bench-peers.XXXXXX)
 chmod 755 "$work"
@@ -110,7 +115,7 @@ if wants postgres; then
     pg_data="$work/pg"
     mkdir -p "$pg_data" "$work/pgsock" && chown postgres "$pg_data" "$work/pgsock"
     runuser -u postgres -- "$pg_bin/initdb" -D "$pg_data" -A trust -U postgres >"$work/initdb.log" 2>&1
-    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_data" -l "$work/pg.log" -w -o \
+    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$pg_data" -l "$work/pgsock/pg.log" -w -o \
         "-c port=${ports[6]} -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work/pgsock -c fsync=on -c synchronous_commit=on -c full_page_writes=on -c max_connections=200 -c shared_buffers=512MB" \
         start >/dev/null
     pg_url="host=127.0.0.1 port=${ports[6]} user=postgres dbname=postgres"
