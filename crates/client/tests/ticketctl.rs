@@ -345,3 +345,164 @@ fn the_demo_sells_out_through_a_leader_kill_and_every_check_passes() {
             .contains("<polyline")
     );
 }
+
+/// The same cluster, another principal's key.
+fn as_key(ctl: &Ctl, key: &str) -> Ctl {
+    Ctl {
+        dir: ctl.dir.clone(),
+        urls: ctl.urls.clone(),
+        key: key.to_string(),
+    }
+}
+
+#[test]
+fn ticketctl_serves_organizers_and_buyers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let _kill = KillOnDrop(dir.clone());
+    let admin = dev_up(&dir);
+    let key_of = |role: &str| {
+        json(
+            &["api-key", "create", "--name", role, "--role", role],
+            &admin,
+        )["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let org = as_key(&admin, &key_of("organizer"));
+    let svc = as_key(&admin, &key_of("service"));
+
+    // The organizer's catalog: a venue from a JSON seat file, an event (then renamed), and a
+    // performance with a waiting room from a JSON file, opened with the committed seed.
+    let venue_file = dir.join("venue.json");
+    std::fs::write(
+        &venue_file,
+        r#"{"name":"ignored","sections":[{"name":"A","rows":[{"label":"1","seats":8}]},{"name":"Floor","capacity":20}]}"#,
+    )
+    .unwrap();
+    let vf = venue_file.to_str().unwrap();
+    let venue = json(&["venue", "create", "--name", "Hall", "--file", vf], &org);
+    assert_eq!(venue["seats"], 8);
+    let event = json(
+        &["event", "create", "--name", "Show", "--category", "music"],
+        &org,
+    );
+    let e = event["event_id"].as_str().unwrap();
+    let renamed = json(&["event", "update", e, "--name", "Show II"], &org);
+    assert_eq!(
+        (renamed["name"].as_str(), renamed["category"].as_str()),
+        (Some("Show II"), Some("music"))
+    );
+    let refused = run(&["event", "update", e, "--name", "x"], Some(&svc));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403 forbidden"));
+    let seed = [7u8; 32];
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let perf_file = dir.join("perf.json");
+    let spec = serde_json::json!({
+        "venue_id": venue["venue_id"], "starts_at": "2099-01-01T20:00:00Z", "on_sale_at": 0,
+        "hold_ttl_secs": 600,
+        "prices": [{"section": "A", "amount_minor": 5000, "currency": "EUR"},
+                   {"section": "Floor", "amount_minor": 2000, "currency": "EUR"}],
+        "waiting_room": {"admission_rate_per_sec": 50, "admission_ttl_secs": 600,
+                         "seed_commitment": hex(blake3::hash(&seed).as_bytes())}
+    });
+    std::fs::write(&perf_file, spec.to_string()).unwrap();
+    let pf = perf_file.to_str().unwrap();
+    let perf = json(&["performance", "create", "--event", e, "--file", pf], &org);
+    let p = perf["performance_id"].as_str().unwrap().to_string();
+
+    // A buyer signs up (the token comes as an export line), joins the pre-queue, and once
+    // the sale opens waits for admission, holds, and after the service confirms, lists it.
+    let anon = as_key(&admin, "");
+    let mut signup = Command::new(TICKETCTL);
+    signup
+        .args(["signup", "--email", "ana@example.com", "--name", "Ana"])
+        .env("TICKETLEDGER_URL", &anon.urls)
+        .env_remove("TICKETLEDGER_KEY")
+        .env("TICKETLEDGER_PASSWORD", "correct horse");
+    let out = signup.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("export TICKETLEDGER_KEY="))
+        .unwrap_or_else(|| panic!("no export line in {text}"));
+    let buyer = as_key(&admin, token);
+    let joined = json(&["queue", "join", &p], &buyer);
+    assert!(joined.get("position").is_none(), "pre-queue: {joined}");
+    let q = joined["queue_id"].as_str().unwrap().to_string();
+    ok(
+        &["performance", "open", &p, "--seed", &hex(&seed)],
+        Some(&org),
+    );
+    let admitted = json(
+        &["queue", "status", &q, "--wait", "--wait-secs", "30"],
+        &buyer,
+    );
+    assert_eq!(admitted["state"], "admitted", "{admitted}");
+    let hold = json(
+        &["hold", "--performance", &p, "--seat", "A:1:1", "A:1:2"],
+        &buyer,
+    );
+    let booking = json(
+        &[
+            "confirm",
+            hold["hold_id"].as_str().unwrap(),
+            "--payment-ref",
+            "pay-1",
+        ],
+        &svc,
+    );
+    let b = booking["booking_id"].as_str().unwrap();
+    let mine = json(&["bookings"], &buyer);
+    assert_eq!(mine["bookings"].as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine["bookings"][0]["booking_id"], b);
+    assert!(ok(&["bookings"], Some(&buyer)).contains(b));
+    let of_perf = json(&["bookings", "--performance", &p], &svc);
+    assert_eq!(of_perf["bookings"].as_array().unwrap().len(), 1);
+    let not_yours = run(&["bookings", "--performance", &p], Some(&buyer));
+    assert!(String::from_utf8_lossy(&not_yours.stderr).contains("403 forbidden"));
+
+    // At the door: a code checks in once; the organizer blocks a seat and reads its report.
+    let code = booking["tickets"][0]["code"].as_str().unwrap();
+    let done = ok(&["check-in", "--performance", &p, code], Some(&org));
+    assert!(done.starts_with("checked in"), "{done}");
+    let twice = run(&["check-in", "--performance", &p, code], Some(&org));
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("409 ticket_used"));
+    assert_eq!(
+        ok(
+            &["block", "--performance", &p, "--seat", "A:1:8"],
+            Some(&org)
+        )
+        .trim(),
+        "blocked 1 seats"
+    );
+    let report = json(&["report", &p], &org);
+    assert_eq!(
+        (
+            report["tickets_sold"].as_u64(),
+            report["tickets_checked_in"].as_u64(),
+            report["revenue_minor"].as_u64(),
+            report["totals"]["blocked"].as_u64()
+        ),
+        (Some(2), Some(1), Some(10_000), Some(1))
+    );
+    let table = ok(&["report", &p], Some(&org));
+    assert!(table.contains("tickets sold=2"), "{table}");
+    let csv = ok(&["report", &p, "--csv"], Some(&org));
+    assert!(csv.starts_with("kind,key,capacity"), "{csv}");
+    assert!(csv.contains(&format!("total,{p},28,")), "{csv}");
+    let denied = run(&["report", &p], Some(&buyer));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("403 forbidden"));
+    ok(
+        &["dev", "down", "--dir", dir.to_str().unwrap(), "--purge"],
+        None,
+    );
+}

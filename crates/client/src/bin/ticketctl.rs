@@ -9,6 +9,9 @@ use client::dev::DevCluster;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[path = "ticketctl/people.rs"]
+mod people;
+
 const DEV_DIR_DEFAULT: &str = "./ticketledger-dev";
 
 #[derive(Parser)]
@@ -135,6 +138,9 @@ enum Cmd {
     /// Bookings.
     #[command(subcommand)]
     Booking(BookingCmd),
+    // Accounts, the waiting room, bookings lists, check-in, seat blocking, sales reports.
+    #[command(flatten)]
+    People(people::PeopleCmd),
 }
 
 #[derive(Subcommand)]
@@ -276,6 +282,16 @@ enum EventCmd {
     },
     Show {
         event: String,
+    },
+    /// Change an event's name, category or description (its organizer or an operator).
+    Update {
+        event: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
     },
     List {
         #[arg(long)]
@@ -609,6 +625,20 @@ async fn onsale(cli: &Cli) -> anyhow::Result<()> {
             })
         }
         Cmd::Performance(p) => performance(&cl, json, p).await?,
+        Cmd::People(c) => people::run(&cl, json, c).await?,
+        Cmd::Event(EventCmd::Update {
+            event,
+            name,
+            category,
+            description,
+        }) => {
+            let u = people::EventUpdate {
+                name,
+                category,
+                description,
+            };
+            people::update_event(&cl, json, event, u).await?
+        }
         Cmd::Seats {
             performance,
             section,
