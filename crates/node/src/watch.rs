@@ -595,4 +595,121 @@ mod tests {
         assert_eq!(events[0].changes[1].hold_id.as_deref(), Some("h_2"));
         assert_eq!(events[0].changes[0].kind, "hold_expired");
     }
+
+    /// A ledger whose feed dropped its oldest entries (holds placed and released until the
+    /// feed is past its bound) refuses a `from` it no longer holds in full, names the
+    /// oldest index it does, and serves from there in bounded batches.
+    #[test]
+    fn a_full_feed_refuses_what_it_dropped_and_serves_from_its_floor() {
+        use crate::convert::*;
+        use ledger::{Command, Op, Outcome, Reply};
+        let mut l = Ledger::new();
+        let mut index = 0u64;
+        let mut apply = |l: &mut Ledger, p: Principal, op: Op| {
+            index += 1;
+            match l.apply(index, Command::new(1_000, p, op)) {
+                Outcome::Ok(r) => r,
+                Outcome::Rejected(r) => panic!("rejected: {r:?}"),
+            }
+        };
+        let op = Op::Bootstrap {
+            operator_key_digest: [1; 32],
+            token_secret: [2; 32],
+        };
+        let Reply::Bootstrapped { operator_key } = apply(&mut l, Principal::System, op) else {
+            panic!("bootstrapped")
+        };
+        let operator = Principal::ApiKey(operator_key);
+        let venue = venue_op(api::CreateVenue {
+            name: "Hall".into(),
+            sections: vec![api::SectionSpec::GeneralAdmission {
+                name: "Floor".into(),
+                capacity: 100,
+            }],
+        });
+        let Reply::VenueCreated { venue, .. } = apply(&mut l, operator, venue) else {
+            panic!("venue")
+        };
+        let event = event_op(api::CreateEvent {
+            name: "Show".into(),
+            category: "music".into(),
+            description: String::new(),
+            media: vec![],
+        });
+        let Reply::EventCreated { event } = apply(&mut l, operator, event) else {
+            panic!("event")
+        };
+        let perf = performance_op(
+            &l,
+            event,
+            api::CreatePerformance {
+                venue_id: venue.to_string(),
+                starts_at: api::TimeInput::UnixMs(4_102_444_800_000),
+                on_sale_at: api::TimeInput::UnixMs(0),
+                sale_ends_at: None,
+                hold_ttl_secs: 60,
+                payment_grace_secs: None,
+                max_seats_per_order: None,
+                categories: None,
+                prices: vec![api::Price {
+                    section: "Floor".into(),
+                    category: None,
+                    amount_minor: 100,
+                    currency: "EUR".into(),
+                }],
+                waiting_room: None,
+            },
+        )
+        .unwrap();
+        let Reply::PerformanceCreated { performance } = apply(&mut l, operator, perf) else {
+            panic!("performance")
+        };
+        let open = api::UpdatePerformance {
+            status: "on_sale".into(),
+            seed: None,
+        };
+        apply(&mut l, operator, status_op(performance, &open).unwrap());
+        assert_eq!(feed_floor(&l), 0, "nothing dropped yet");
+        assert!(read_batch(&l, 1).is_ok());
+        let hold = api::CreateHold {
+            performance_id: performance.to_string(),
+            seats: None,
+            section: Some("Floor".into()),
+            quantity: Some(1),
+            category: None,
+        };
+        // Two changes per round; go past the bound by a few hundred entries.
+        for _ in 0..(ledger::limits::MAX_FEED_EVENTS / 2 + 300) {
+            let op = hold_op(&l, &hold).unwrap();
+            let Reply::HoldPlaced(h) = apply(&mut l, operator, op) else {
+                panic!("hold")
+            };
+            apply(&mut l, operator, Op::ReleaseHold { hold: h.hold });
+        }
+        let oldest = feed_floor(&l);
+        let first = l.state().feed.front().unwrap().log_index;
+        assert_eq!(oldest, first + 1);
+        match read_batch(&l, 1) {
+            Err(WatchError::Truncated { from: 1, oldest: o }) => assert_eq!(o, oldest),
+            other => panic!("expected feed_truncated, got {other:?}"),
+        }
+        match read_batch(&l, oldest - 1) {
+            Err(WatchError::Truncated { .. }) => {}
+            other => panic!("the oldest index may be partly dropped: {other:?}"),
+        }
+        let batch = read_batch(&l, oldest).unwrap();
+        assert_eq!(batch[0].log_index, oldest);
+        let entries: usize = batch.iter().map(|e| e.changes.len()).sum();
+        assert!((MAX_BATCH_ENTRIES..MAX_BATCH_ENTRIES + 8).contains(&entries));
+        assert!(batch.windows(2).all(|w| w[0].log_index < w[1].log_index));
+        let status = WatchError::Truncated { from: 1, oldest }.into_status();
+        assert_eq!(
+            status.metadata().get(OLDEST_INDEX_HEADER).unwrap(),
+            &oldest.to_string()
+        );
+        assert_eq!(
+            status.metadata().get("x-ticketledger-code").unwrap(),
+            "feed_truncated"
+        );
+    }
 }
