@@ -110,11 +110,34 @@ impl App {
             idempotency_key: key,
             op,
         };
+        // Canary (jepsen/, test-only): the leader answers from a speculative apply on a copy of
+        // its ledger when the commit takes over 50 ms, an ack before commit.
+        #[cfg(feature = "canary-ack-before-commit")]
+        let speculative = (self.leader() == Some(self.cfg.id)).then(|| {
+            let cmd = Command {
+                stamp_ms: self.now_ms(),
+                principal: request.principal,
+                idempotency_key: request.idempotency_key.clone(),
+                op: request.op.clone(),
+            };
+            self.ledger
+                .read(|l| l.clone().apply(l.last_index() + 1, cmd))
+        });
         let routed = async {
             let (outcome, index) = self.route_write(request).await?;
             // Read your writes on every node: a follower answers once it applied the entry too.
             self.wait_applied(index).await?;
             Ok(outcome)
+        };
+        #[cfg(feature = "canary-ack-before-commit")]
+        let routed = async {
+            let mut routed = std::pin::pin!(routed);
+            match speculative {
+                Some(o) => tokio::time::timeout(Duration::from_millis(50), &mut routed)
+                    .await
+                    .unwrap_or(Ok(o)),
+                None => routed.await,
+            }
         };
         match tokio::time::timeout(self.cfg.request_timeout, routed).await {
             Ok(r) => r,
@@ -322,6 +345,12 @@ impl App {
         c: Consistency,
         f: impl FnOnce(&Ledger) -> R,
     ) -> Result<R, ApiError> {
+        // Canary (jepsen/, test-only): a follower serves linearizable reads without a read index.
+        #[cfg(feature = "canary-stale-follower-reads")]
+        let c = match self.leader() == Some(self.cfg.id) {
+            true => c,
+            false => Consistency::Stale,
+        };
         if c == Consistency::Linearizable {
             self.linearize().await?;
         }

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The long jepsen/ suite: the canaries (builds of ticketd with a planted bug, each must be
+# found invalid while the correct build is found valid under the same seed), then every
+# nemesis on 5 nodes over many seeds. Needs root (network namespaces).
+#
+#   scripts/jepsen-long.sh [--seeds N] [--seconds S] [--seed FIRST] [--out DIR] [--canaries-only]
+#
+# Canary builds are the `ticketd-canary` binary (node's required feature `canary`): they reuse
+# the dev profile's dependencies and never replace target/debug/ticketd; each is copied to
+# target/jepsen-canaries/ (2-6 minutes each on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+ensure_build_deps
+SEEDS=10
+SECS=60
+SEED=1
+OUT=$CARGO_TARGET_DIR/jepsen-long/$(date +%s)
+CANARIES_ONLY=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seeds) SEEDS=$2; shift 2 ;;
+        --seconds) SECS=$2; shift 2 ;;
+        --seed) SEED=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --canaries-only) CANARIES_ONLY=1; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+if [ "$(id -u)" -ne 0 ]; then
+    echo "jepsen-long: skipped: needs root for network namespaces (partitions, netem)" >&2
+    exit 0
+fi
+cargo build -p node --bin ticketd -p jepsen --bin jepsen
+JEPSEN=$CARGO_TARGET_DIR/debug/jepsen
+"$JEPSEN" cleanup >/dev/null
+mkdir -p "$OUT"
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
+
+# name  nemeses            extra options
+CANARIES=(
+    "stale-follower-reads partition,pause"
+    "ack-before-commit partition,pause"
+    "skip-hold-expiry kill,pause"
+)
+for entry in "${CANARIES[@]}"; do
+    read -r name nem <<<"$entry"
+    mkdir -p "$CARGO_TARGET_DIR/jepsen-canaries"
+    bin=$CARGO_TARGET_DIR/jepsen-canaries/ticketd-canary-$name
+    echo "==> canary $name: building ($bin)"
+    cargo build -p node --bin ticketd-canary --features "canary-$name"
+    cp "$CARGO_TARGET_DIR/debug/ticketd-canary" "$bin"
+    # The skip-hold-expiry build keeps expired holds live, which its own snapshot check
+    # refuses: no snapshots in its run.
+    snap=()
+    [ "$name" = skip-hold-expiry ] && snap=(--snapshot-every 1000000)
+    echo "==> canary $name: must be found invalid (seed $SEED, nemeses $nem)"
+    "$JEPSEN" run --nodes 3 --time-limit 25 --nemesis "$nem" --seed "$SEED" --ticketd "$bin" \
+        --out "$OUT/canary-$name" --expect invalid "${snap[@]}"
+    echo "canary $name: invalid as expected ($OUT/canary-$name)" >> "$SUMMARY"
+    echo "==> the correct build, same seed and nemeses: must be found valid"
+    "$JEPSEN" run --nodes 3 --time-limit 25 --nemesis "$nem" --seed "$SEED" \
+        --ticketd "$CARGO_TARGET_DIR/debug/ticketd" --out "$OUT/correct-$name" --expect valid "${snap[@]}"
+    echo "correct build with canary $name's seed: valid ($OUT/correct-$name)" >> "$SUMMARY"
+done
+if [ "$CANARIES_ONLY" = 1 ]; then
+    cat "$SUMMARY"
+    exit 0
+fi
+
+failed=0
+for i in $(seq 0 $((SEEDS - 1))); do
+    s=$((SEED + i))
+    echo "==> long run $((i + 1))/$SEEDS: 5 nodes, every nemesis, $SECS s, seed $s"
+    if "$JEPSEN" run --nodes 5 --time-limit "$SECS" --nemesis all --seed "$s" --clients 10 \
+        --ticketd "$CARGO_TARGET_DIR/debug/ticketd" --out "$OUT/all-$s"; then
+        verdict=valid
+    else
+        rc=$?
+        verdict=$([ $rc -eq 1 ] && echo invalid || ([ $rc -eq 2 ] && echo unknown || echo error))
+        failed=1
+    fi
+    ops=$(python3 -c "import json;print(json.load(open('$OUT/all-$s/results.json'))['ops'])" 2>/dev/null || echo "?")
+    faults=$(wc -l < "$OUT/all-$s/nemesis.jsonl" 2>/dev/null || echo "?")
+    echo "seed $s: $verdict, $ops ops, $faults faults ($OUT/all-$s)" | tee -a "$SUMMARY"
+done
+echo "==> summary"
+cat "$SUMMARY"
+exit $failed
