@@ -7,7 +7,8 @@
 #   bench/overload.sh [RATE]      # default 90000/s (about 10x the closed-loop hold rate here)
 #
 # Knobs: DURATION (s, default 20), MAX_INFLIGHT (loadgen's bound, default 20000),
-# BIN_DIR (prebuilt ticketd/ticketctl/loadgen), OUT (results dir). Dev profile only.
+# BIN_DIR (prebuilt ticketd/ticketctl/loadgen), OUT (results dir), NAME (result file name,
+# default overload), TICKETD_ARGS (e.g. "--max-inflight=1024"). Dev profile only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -15,6 +16,8 @@ RATE=${1:-90000}
 DURATION=${DURATION:-20}
 MAX_INFLIGHT=${MAX_INFLIGHT:-20000}
 OUT=${OUT:-bench/results}
+NAME=${NAME:-overload}
+TICKETD_ARGS=${TICKETD_ARGS:-}
 if [ -n "${BIN_DIR:-}" ]; then
     bin=$BIN_DIR
 else
@@ -23,8 +26,10 @@ else
 fi
 work=$(mktemp -d /tmp/bench-overload.XXXXXX)
 trap '"$bin/ticketctl" dev down --dir "$work/tl" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-"$bin/ticketctl" dev up --nodes 3 --dir "$work/tl"
+tl_args=()
+for a in $TICKETD_ARGS; do tl_args+=("--ticketd-arg=$a"); done
+"$bin/ticketctl" dev up --nodes 3 --dir "$work/tl" "${tl_args[@]}"
 mkdir -p "$OUT"
 "$bin/loadgen" run --system ticketledger --cluster-dir "$work/tl" --watch-cluster --workload hold \
     --rate "$RATE" --max-inflight "$MAX_INFLIGHT" --duration-secs "$DURATION" --warmup-secs 2 \
-    --timeout-ms 10000 --json "$OUT/overload.json" --svg "$OUT/overload.svg"
+    --timeout-ms 10000 --json "$OUT/$NAME.json" --svg "$OUT/$NAME.svg"
