@@ -27,9 +27,9 @@ docker info >/dev/null 2>&1 || { echo "no Docker engine answers (is dockerd runn
 # loader into the rootfs at the same paths.
 copy_libs() {
     local rootfs=$1; shift
-    local lib
-    for bin in "$@"; do
-        ldd "$bin" | awk '/=> \// { print $3 } /^[ \t]*\/[^ ]+ \(/ { print $1 }' | while read -r lib; do
+    local lib exe
+    for exe in "$@"; do
+        ldd "$exe" | awk '/=> \// { print $3 } /^[ \t]*\/[^ ]+ \(/ { print $1 }' | while read -r lib; do
             mkdir -p "$rootfs$(dirname "$lib")"
             cp -L "$lib" "$rootfs$lib"
         done
@@ -92,7 +92,7 @@ build_node() {
     # The data directory is COPY'd --chown to the non-root user (a named volume copies
     # that ownership when first mounted); everything else belongs to root.
     rmdir "$rootfs/var/lib/ticketledger"; mkdir "$ctx/data"
-    tar -C "$ctx" --owner=0 --group=0 -cf - Dockerfile rootfs data | docker build -q -t "ticketledger:$TAG" - >/dev/null
+    tar -C "$ctx" --owner=0 --group=0 -cf - Dockerfile rootfs data | docker_build "ticketledger:$TAG"
     echo "==> ticketledger:$TAG $(docker image inspect -f '{{.Size}}' "ticketledger:$TAG" | awk '{ printf "%.0f MB", $1/1e6 }') (ticketd $("$bin/ticketd" --version 2>/dev/null | awk '{print $2}'))"
 }
 
@@ -105,8 +105,18 @@ build_prometheus() {
     copy_libs "$rootfs" "$rootfs/usr/bin/prometheus" "$rootfs/usr/bin/prometheus-node-exporter" "$rootfs/usr/bin/promtool"
     cp "$here/../prometheus/prometheus.yml" "$here/../prometheus/alerts.yml" "$rootfs/etc/prometheus/"
     cp "$here/../prometheus/Dockerfile" "$ctx/Dockerfile"
-    tar -C "$ctx" --owner=0 --group=0 -cf - Dockerfile rootfs data | docker build -q -t "ticketledger-prometheus:$TAG" - >/dev/null
+    tar -C "$ctx" --owner=0 --group=0 -cf - Dockerfile rootfs data | docker_build "ticketledger-prometheus:$TAG"
     echo "==> ticketledger-prometheus:$TAG $(docker image inspect -f '{{.Size}}' "ticketledger-prometheus:$TAG" | awk '{ printf "%.0f MB", $1/1e6 }') ($(prometheus --version 2>&1 | head -1))"
+}
+
+# docker_build IMAGE: build from the context tar on stdin; drop the image the tag pointed to
+# before, unless a container still uses it (rebuilds would otherwise pile up dangling images).
+docker_build() {
+    local old; old=$(docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true)
+    docker build -q -t "$1" - >/dev/null
+    if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$1")" ]; then
+        docker image rm "$old" >/dev/null 2>&1 || true
+    fi
 }
 
 ensure_apt

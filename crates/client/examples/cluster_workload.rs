@@ -153,7 +153,7 @@ fn seat_name(i: u32) -> String {
 }
 
 async fn setup(cl: Client, seats: u32, workers: usize, out: &Path) -> anyhow::Result<()> {
-    if seats == 0 || seats > MAX_SEATS || seats % SEATS_PER_ROW != 0 {
+    if seats == 0 || seats > MAX_SEATS || !seats.is_multiple_of(SEATS_PER_ROW) {
         bail!("--seats must be a multiple of {SEATS_PER_ROW} in 100..={MAX_SEATS}");
     }
     if workers == 0 || workers > MAX_WORKERS {
