@@ -84,6 +84,7 @@ struct Stats {
     checkouts: AtomicU64,
     refunded: AtomicU64,
     told_sold_out: AtomicU64,
+    admission_expired: AtomicU64,
     errors: AtomicU64,
     /// Errors by stable code (or HTTP status / transport), for the summary.
     error_codes: Mutex<std::collections::BTreeMap<String, u64>>,
@@ -278,6 +279,25 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
             media: vec![],
         })
         .await?;
+    // The change feed from here on, over gRPC, so that the admission order can be recomputed
+    // from it alone at the end (the seed commitment, the reveal, every join and admission).
+    let (feed_until_tx, feed_until) = watch::channel(None);
+    let feed = match &cluster {
+        Some(c) => {
+            let from = admin
+                .status()
+                .await?
+                .nodes
+                .iter()
+                .map(|n| n.last_log_index)
+                .max()
+                .unwrap_or(0);
+            let grpc = crate::grpc::GrpcClient::new(c.nodes.iter().map(|n| n.grpc.clone()))
+                .with_key(c.admin_key.clone());
+            Some(demo_payments::watch_room_feed(grpc, from, feed_until))
+        }
+        None => None,
+    };
     // Admit a fortieth of the venue per second (buyers take 2.5 seats on average): a
     // sell-out in some tens of seconds, at a pace the cluster serves without a backlog.
     let rate = if o.admission_rate > 0 {
@@ -510,7 +530,38 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         cluster.start(id)?;
         cluster.wait_healthy(id, Duration::from_secs(30)).await?;
     }
-    let checks = verify(&admin, &sale, o.seats, &sim_url).await?;
+    let mut checks = verify(&admin, &sale, o.seats, &sim_url).await?;
+    let last = admin
+        .status()
+        .await?
+        .nodes
+        .iter()
+        .map(|n| n.applied_index)
+        .max()
+        .unwrap_or(0);
+    let _ = feed_until_tx.send(Some(last));
+    checks.push(match feed {
+        Some(task) => match task.await? {
+            Ok(changes) => {
+                let a = crate::fairness::audit(&pid, &changes);
+                for p in a.problems.iter().take(5) {
+                    eprintln!("  feed audit: {p}");
+                }
+                (
+                    format!(
+                        "the admission order recomputed from the change feed alone: seed matches its commitment, {} pre-queue entries ranked by the seed, then {} later joins in commit order, {} admissions as the rule says",
+                        a.prequeue, a.joined_after_open, a.admitted
+                    ),
+                    a.fair(),
+                )
+            }
+            Err(e) => (format!("the admission order recomputed from the change feed: the feed ended early ({e})"), false),
+        },
+        None => (
+            "the admission order recomputed from the change feed: not measured (a cluster given by --url has no gRPC address here)".to_string(),
+            true,
+        ),
+    });
     let pay_stats = demo_payments::service_stats(&sale.http, &payments_url).await;
     let s = &sale.stats;
     let total = s.requests.load(Relaxed);
@@ -540,6 +591,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         ("joined the waiting room", &s.joined),
         ("admitted", &s.admitted),
         ("told sold out in line", &s.told_sold_out),
+        ("admission ran out", &s.admission_expired),
         ("holds placed", &s.holds),
         ("seat conflicts (409)", &s.conflicts),
         ("checkouts", &s.checkouts),
@@ -581,6 +633,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         ("joined", s.joined.load(Relaxed)),
         ("admitted", s.admitted.load(Relaxed)),
         ("told_sold_out", s.told_sold_out.load(Relaxed)),
+        ("admission_expired", s.admission_expired.load(Relaxed)),
         ("holds", s.holds.load(Relaxed)),
         ("conflicts", s.conflicts.load(Relaxed)),
         ("confirmed", s.confirmed.load(Relaxed)),
@@ -631,12 +684,18 @@ async fn signups(urls: &[String], n: usize) -> anyhow::Result<Vec<Client>> {
             .map(|k| {
                 let anon = anon.clone();
                 tokio::spawn(async move {
-                    anon.signup(
-                        &format!("buyer{k}@demo.example"),
-                        "demo-password",
-                        &format!("Buyer {k}"),
-                    )
-                    .await
+                    let email = format!("buyer{k}@demo.example");
+                    match anon
+                        .signup(&email, "demo-password", &format!("Buyer {k}"))
+                        .await
+                    {
+                        // A retried signup whose first attempt was applied (its answer lost
+                        // to a timeout): the account is ours, log in.
+                        Err(e) if e.code() == Some("already_exists") => {
+                            anon.login(&email, "demo-password").await
+                        }
+                        other => other,
+                    }
                 })
             })
             .collect();
@@ -739,8 +798,15 @@ async fn buyer(
             .admissions_after_open
             .push((join_index, at));
     }
+    let admitted_until = admitted_at.as_deref().and_then(parse_ms);
     let mut permit = Some(sale.active.acquire().await);
-    let Some(hold) = hold_seats(sale, b, &room, &mut r).await else {
+    // A buyer whose admission ran out while waiting for a turn leaves at once: asking anyway
+    // would only be refused, and would keep the turn from buyers still admitted.
+    if admission_over(admitted_until) {
+        sale.stats.admission_expired.fetch_add(1, Relaxed);
+        return;
+    }
+    let Some(hold) = hold_seats(sale, b, &room, &mut r, admitted_until).await else {
         return;
     };
     // The buyer's fate: 5% abandon, 2% dawdle past the hold's TTL, 2% pay by an asynchronous
@@ -822,9 +888,14 @@ async fn hold_seats(
     b: &Client,
     room: &watch::Receiver<Room>,
     r: &mut u64,
+    admitted_until: Option<u64>,
 ) -> Option<api::Hold> {
     let mut want = 1 + (rnd(r) % 4) as usize;
     for attempt in 0..12 {
+        if admission_over(admitted_until) {
+            sale.stats.admission_expired.fetch_add(1, Relaxed);
+            return None;
+        }
         let available = room.borrow().available.clone();
         let open: Vec<usize> = (0..sale.sections.len())
             .filter(|&i| available.get(i).is_some_and(|&a| a as usize >= want))
@@ -1192,6 +1263,15 @@ fn money_mismatches(paid: &[PaidHold], book: &api::payments::ProviderBook) -> Ve
         }
     }
     bad
+}
+
+/// Whether an admission ending at `until` (unix ms, ledger time: the leader's clock, on this
+/// machine the same clock) has less than half a second left.
+fn admission_over(until: Option<u64>) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    until.is_some_and(|u| now + 500 >= u)
 }
 
 fn parse_ms(rfc3339: &str) -> Option<u64> {

@@ -216,3 +216,61 @@ pub async fn wait_settled(
         }
     }
 }
+
+/// Follow the change feed over gRPC from `from` and keep the changes a waiting-room audit
+/// needs (performance creation, seed reveal, joins, admissions). Ends when told the last index
+/// to wait for (`until`) and the stream has been quiet for 2 s past it, or on a feed error.
+pub fn watch_room_feed(
+    grpc: crate::grpc::GrpcClient,
+    from: u64,
+    mut until: tokio::sync::watch::Receiver<Option<u64>>,
+) -> tokio::task::JoinHandle<Result<Vec<api::feed::FeedChange>, String>> {
+    tokio::spawn(async move {
+        let mut w = grpc.watch(from);
+        let mut kept = Vec::new();
+        loop {
+            let target = *until.borrow();
+            if let Some(t) = target
+                && w.next_index() > t
+            {
+                return Ok(kept);
+            }
+            let quiet = if target.is_some() {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_secs(3600)
+            };
+            tokio::select! {
+                ev = w.next() => match ev {
+                    Ok(Some(ev)) => {
+                        for c in ev.changes {
+                            if matches!(
+                                c.r#type.as_str(),
+                                "performance_created" | "seed_revealed" | "queue_joined" | "queue_admitted"
+                            ) {
+                                let some = |s: String| (!s.is_empty()).then_some(s);
+                                kept.push(api::feed::FeedChange {
+                                    kind: c.r#type,
+                                    performance_id: some(c.performance_id),
+                                    queue_id: some(c.queue_id),
+                                    seed: some(c.seed),
+                                    count: Some(c.count),
+                                    prequeue: Some(c.prequeue),
+                                    ..api::feed::FeedChange::default()
+                                });
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                },
+                _ = until.changed() => {}
+                _ = tokio::time::sleep(quiet) => {
+                    if target.is_some() {
+                        return Ok(kept);
+                    }
+                }
+            }
+        }
+    })
+}

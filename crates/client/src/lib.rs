@@ -39,6 +39,7 @@
 pub mod demo;
 mod demo_payments;
 pub mod dev;
+pub mod fairness;
 pub mod grpc;
 
 use reqwest::{Method, StatusCode, Url};
