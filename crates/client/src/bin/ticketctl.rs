@@ -141,6 +141,13 @@ enum Cmd {
     // Accounts, the waiting room, bookings lists, check-in, seat blocking, sales reports.
     #[command(flatten)]
     People(people::PeopleCmd),
+    /// Probe every node given by --url: exit 0 when all are ready (`/readyz`: a leader is
+    /// known and this node applied what is committed), or alive with --live (`/healthz`).
+    /// For container health checks and scripts.
+    Health {
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -406,6 +413,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Cmd::Dev(d) => dev(d, cli.json).await,
         Cmd::Cluster(c) => cluster(cli, c).await,
+        Cmd::Health { live } => health(cli, *live).await,
         _ => onsale(cli).await,
     }
 }
@@ -514,6 +522,36 @@ async fn dev(d: &DevCmd, json: bool) -> anyhow::Result<()> {
             println!("export TICKETLEDGER_URL={}", urls.join(","));
             println!("export TICKETLEDGER_KEY={}", c.admin_key);
         }
+    }
+    Ok(())
+}
+
+/// One attempt per node (no failover: each node answers for itself), bounded by --timeout-secs.
+async fn health(cli: &Cli, live: bool) -> anyhow::Result<()> {
+    let cl = connect(cli)?.with_attempt_timeout(Duration::from_secs(cli.timeout_secs));
+    let path = if live { "/healthz" } else { "/readyz" };
+    let mut failed = Vec::new();
+    for (i, url) in cl.nodes().iter().enumerate() {
+        match cl.raw(i, reqwest::Method::GET, path, None).await {
+            Ok((s, _)) if s.is_success() => println!("{url}{path}: ok"),
+            Ok((s, body)) => {
+                let body = String::from_utf8_lossy(&body);
+                failed.push(format!(
+                    "{url}{path}: {s} {}",
+                    body.chars().take(300).collect::<String>()
+                ));
+            }
+            Err(e) => failed.push(format!("{url}{path}: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} not {}: {}",
+            failed.len(),
+            cl.nodes().len(),
+            if live { "alive" } else { "ready" },
+            failed.join("; ")
+        );
     }
     Ok(())
 }
@@ -692,7 +730,9 @@ async fn onsale(cli: &Cli) -> anyhow::Result<()> {
                 )
             })
         }
-        Cmd::Demo { .. } | Cmd::Dev(_) | Cmd::Cluster(_) => unreachable!("dispatched in main"),
+        Cmd::Demo { .. } | Cmd::Dev(_) | Cmd::Cluster(_) | Cmd::Health { .. } => {
+            unreachable!("dispatched in main")
+        }
     }
     Ok(())
 }
