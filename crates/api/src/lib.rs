@@ -26,6 +26,7 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// An RFC 9457 problem: every 4xx/5xx body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// `https://ticketledger.dev/problems/<code>`
     #[serde(rename = "type")]
@@ -42,6 +43,7 @@ pub struct Problem {
 // ---------------------------------------------------------------- catalog
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateVenue {
     pub name: String,
     pub sections: Vec<SectionSpec>,
@@ -49,6 +51,7 @@ pub struct CreateVenue {
 
 /// Seated: `{"name":"A","rows":[{"label":"1","seats":20}]}`; GA: `{"name":"Floor","capacity":5000}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum SectionSpec {
     Seated { name: String, rows: Vec<RowSpec> },
@@ -56,12 +59,14 @@ pub enum SectionSpec {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RowSpec {
     pub label: String,
     pub seats: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VenueCreated {
     pub venue_id: String,
     pub seats: u32,
@@ -69,6 +74,7 @@ pub struct VenueCreated {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Venue {
     pub venue_id: String,
     pub name: String,
@@ -77,6 +83,7 @@ pub struct Venue {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateEvent {
     pub name: String,
     pub category: String,
@@ -87,17 +94,20 @@ pub struct CreateEvent {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MediaItem {
     pub kind: String,
     pub url: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventCreated {
     pub event_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub event_id: String,
     pub name: String,
@@ -108,6 +118,7 @@ pub struct Event {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventList {
     pub events: Vec<Event>,
     /// Pass as `?after=` for the next page; absent on the last page.
@@ -117,6 +128,7 @@ pub struct EventList {
 
 /// A time in a request: RFC 3339 or unix milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum TimeInput {
     UnixMs(u64),
@@ -124,6 +136,7 @@ pub enum TimeInput {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatePerformance {
     pub venue_id: String,
     pub starts_at: TimeInput,
@@ -147,6 +160,7 @@ pub struct CreatePerformance {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Price {
     pub section: String,
     /// Default: the first category.
@@ -157,6 +171,7 @@ pub struct Price {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaitingRoomSpec {
     pub admission_rate_per_sec: u32,
     pub admission_ttl_secs: u64,
@@ -167,12 +182,14 @@ pub struct WaitingRoomSpec {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PerformanceCreated {
     pub performance_id: String,
 }
 
 /// `PATCH /v1/performances/{id}`: `status` is `on_sale`, `paused`, `closed` or `cancelled`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdatePerformance {
     pub status: String,
     /// Hex seed, when opening a sale with a waiting room.
@@ -181,6 +198,7 @@ pub struct UpdatePerformance {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Performance {
     pub performance_id: String,
     pub event_id: String,
@@ -202,6 +220,7 @@ pub struct Performance {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SectionAvailability {
     pub section: String,
     pub capacity: u32,
@@ -212,6 +231,7 @@ pub struct SectionAvailability {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Availability {
     pub capacity: u32,
     pub available: u32,
@@ -221,6 +241,7 @@ pub struct Availability {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaitingRoomStatus {
     pub admission_rate_per_sec: u32,
     pub seed_commitment: String,
@@ -234,11 +255,13 @@ pub struct WaitingRoomStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeatMap {
     pub seats: Vec<SeatStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeatStatus {
     pub seat: String,
     /// `available`, `held`, `sold` or `blocked`.
@@ -249,6 +272,7 @@ pub struct SeatStatus {
 
 /// `POST /v1/holds`: seats by name, or a GA quantity of one section.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateHold {
     pub performance_id: String,
     #[serde(default)]
@@ -263,6 +287,7 @@ pub struct CreateHold {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Hold {
     pub hold_id: String,
     pub performance_id: String,
@@ -279,11 +304,13 @@ pub struct Hold {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExtendHold {
     pub payment_ref: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfirmHold {
     pub payment_ref: String,
 }
@@ -291,6 +318,7 @@ pub struct ConfirmHold {
 /// Where a hold's payment stands; `started` and `captured` are open (the payments service
 /// still owes an outcome).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CheckoutState {
     Started,
@@ -302,6 +330,7 @@ pub enum CheckoutState {
 
 /// The checkout of a hold that was extended with a `payment_ref`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Checkout {
     pub hold_id: String,
     pub payment_ref: String,
@@ -322,6 +351,7 @@ pub struct Checkout {
 
 /// What the payment provider did with a checkout's money.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PaymentEvent {
     /// `started` → `captured`: a booking or a refund must follow.
@@ -336,12 +366,14 @@ pub enum PaymentEvent {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecordPayment {
     pub payment_ref: String,
     pub event: PaymentEvent,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckoutList {
     pub checkouts: Vec<Checkout>,
     /// Pass as `?after=` for the next page; absent on the last page.
@@ -350,6 +382,7 @@ pub struct CheckoutList {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Booking {
     pub booking_id: String,
     pub performance_id: String,
@@ -363,6 +396,7 @@ pub struct Booking {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ticket {
     pub ticket_id: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -377,6 +411,7 @@ pub struct Ticket {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefundRequest {
     /// Ticket ids; empty or absent refunds the whole booking.
     #[serde(default)]
@@ -386,6 +421,7 @@ pub struct RefundRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Refunded {
     pub booking_id: String,
     pub tickets: Vec<String>,
@@ -396,6 +432,7 @@ pub struct Refunded {
 // ---------------------------------------------------------------- waiting room
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueJoined {
     pub queue_id: String,
     /// Entries ahead; absent before the sale opens (the pre-queue is shuffled at opening).
@@ -404,6 +441,7 @@ pub struct QueueJoined {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueStatus {
     pub queue_id: String,
     /// `pre_queue`, `waiting`, `admitted`, `expired` or `closed`.
@@ -417,6 +455,7 @@ pub struct QueueStatus {
 // ---------------------------------------------------------------- accounts
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateApiKey {
     pub name: String,
     /// `buyer`, `organizer`, `service` or `operator`.
@@ -425,6 +464,7 @@ pub struct CreateApiKey {
 
 /// `POST /v1/auth/signup`: a buyer account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Signup {
     pub email: String,
     /// 8..=256 bytes; hashed with Argon2id by the node, never stored or logged in clear.
@@ -434,6 +474,7 @@ pub struct Signup {
 
 /// `POST /v1/auth/login`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Login {
     pub email: String,
     pub password: String,
@@ -441,6 +482,7 @@ pub struct Login {
 
 /// A signup (201) or login (200): a bearer token for `Authorization: Bearer <token>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Session {
     pub user_id: String,
     pub token: String,
@@ -449,6 +491,7 @@ pub struct Session {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyCreated {
     pub key_id: String,
     /// The secret, shown once.
@@ -458,12 +501,14 @@ pub struct ApiKeyCreated {
 // ---------------------------------------------------------------- cluster (operator)
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InitCluster {
     /// The bootstrap operator key (≥ 16 characters); keep it secret.
     pub admin_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddLearner {
     pub node_id: u64,
     /// host:port of the node's gRPC (Raft) listener.
@@ -473,17 +518,20 @@ pub struct AddLearner {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeMembership {
     /// The complete set of voters after the change.
     pub voters: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TransferLeader {
     pub to: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterStatus {
     pub cluster_initialized: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -494,6 +542,7 @@ pub struct ClusterStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatus {
     pub id: u64,
     pub grpc_addr: String,
@@ -510,6 +559,7 @@ pub struct NodeStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotTaken {
     pub applied_index: u64,
 }

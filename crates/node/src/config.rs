@@ -67,6 +67,17 @@ pub struct Cli {
     /// Lifetime of a login token, seconds (default 3600).
     #[arg(long, env = "TICKETLEDGER_TOKEN_TTL_SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// HTTP requests per second one principal (API key or user) may make to this node;
+    /// 0 (the default) is off. Over it: 429 `rate_limited` with Retry-After.
+    #[arg(long, env = "TICKETLEDGER_RATE_LIMIT_PER_PRINCIPAL")]
+    pub rate_limit_per_principal: Option<u32>,
+    /// HTTP requests per second one client IP address (IPv6: its /64) may make to this node;
+    /// 0 (the default) is off.
+    #[arg(long, env = "TICKETLEDGER_RATE_LIMIT_PER_ADDRESS")]
+    pub rate_limit_per_address: Option<u32>,
+    /// Requests a rate-limit bucket holds (a burst above the rate); default one second's worth.
+    #[arg(long, env = "TICKETLEDGER_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -88,6 +99,9 @@ struct FileConfig {
     argon2_memory_kib: Option<u32>,
     argon2_iterations: Option<u32>,
     token_ttl_secs: Option<u64>,
+    rate_limit_per_principal: Option<u32>,
+    rate_limit_per_address: Option<u32>,
+    rate_limit_burst: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +122,10 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub token_ttl: Duration,
+    /// Requests per second; 0 is off (crate::ratelimit).
+    pub rate_limit_per_principal: u32,
+    pub rate_limit_per_address: u32,
+    pub rate_limit_burst: Option<u32>,
 }
 
 impl Config {
@@ -178,7 +196,20 @@ impl Config {
         if !(10..=7 * 24 * 3_600).contains(&token_ttl_secs) {
             bail!("--token-ttl-secs must be 10..=604800 (a week)");
         }
+        let rate_limit_burst = cli.rate_limit_burst.or(file.rate_limit_burst);
+        if rate_limit_burst == Some(0) {
+            bail!("--rate-limit-burst must be positive");
+        }
         Ok(Config {
+            rate_limit_per_principal: cli
+                .rate_limit_per_principal
+                .or(file.rate_limit_per_principal)
+                .unwrap_or(0),
+            rate_limit_per_address: cli
+                .rate_limit_per_address
+                .or(file.rate_limit_per_address)
+                .unwrap_or(0),
+            rate_limit_burst,
             argon2_memory_kib,
             argon2_iterations,
             token_ttl: Duration::from_secs(token_ttl_secs),

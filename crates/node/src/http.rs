@@ -57,8 +57,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/bookings/{id}/refund", post(refund_booking))
         .route("/v1/watch", get(crate::watch::sse))
         .merge(crate::admin::router())
+        .merge(crate::openapi::router())
         .fallback(|| async { ApiError::not_found("no such route; see docs/http-api.md") })
         .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::error::problems_only))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::ratelimit::Limiter::new(app.clone()),
+            crate::ratelimit::limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }

@@ -18,6 +18,8 @@ pub mod http_manage;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod openapi;
+pub mod ratelimit;
 pub mod time;
 pub mod watch;
 
@@ -101,7 +103,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ),
     );
     let mut rx = shutdown_rx.clone();
-    let server = axum::serve(http, http::router(app.clone())).with_graceful_shutdown(async move {
+    // The peer address feeds the per-address rate limit (crate::ratelimit).
+    let routes =
+        http::router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(http, routes).with_graceful_shutdown(async move {
         let _ = rx.changed().await;
     });
     let http_task = tokio::spawn(async move { server.await });
