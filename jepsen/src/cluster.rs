@@ -446,32 +446,78 @@ impl Cluster {
         Ok(())
     }
 
-    /// Delay, jitter (which reorders) and loss on everything one slot sends.
+    /// Delay, jitter (which reorders) and loss on everything one slot sends, with `tc netem`.
+    /// A kernel without `sch_netem` gets the closest this harness can make: a slow link
+    /// (`tbf` at 2 Mbit/s with up to `delay_ms` of queueing) and random loss by iptables.
+    /// Returns what was applied.
     pub fn netem(
         &self,
         slot: usize,
         delay_ms: u32,
         jitter_ms: u32,
         loss_pct: u32,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         let (d, j, l) = (
             format!("{delay_ms}ms"),
             format!("{jitter_ms}ms"),
             format!("{loss_pct}%"),
         );
-        self.in_ns(
+        let netem = self.in_ns(
             slot,
             &[
                 "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &d, &j, "loss",
                 &l,
             ],
-        )
+        );
+        match netem {
+            Ok(()) => Ok(format!("netem delay {d}±{j} loss {l}")),
+            Err(e) if e.to_string().contains("unknown") => {
+                let latency = format!("{}ms", delay_ms.max(50));
+                self.in_ns(
+                    slot,
+                    &[
+                        "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "2mbit",
+                        "burst", "16kbit", "latency", &latency,
+                    ],
+                )?;
+                let p = format!("{:.3}", f64::from(loss_pct) / 100.0);
+                for chain in ["INPUT", "OUTPUT"] {
+                    self.in_ns(
+                        slot,
+                        &[
+                            "iptables",
+                            "-w",
+                            "-A",
+                            chain,
+                            "-m",
+                            "statistic",
+                            "--mode",
+                            "random",
+                            "--probability",
+                            &p,
+                            "-j",
+                            "DROP",
+                        ],
+                    )?;
+                }
+                Ok(format!(
+                    "no sch_netem in this kernel: tbf 2mbit (queueing up to {latency}) and {l} random loss"
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
+    /// Remove every slot's qdisc and loss rules (faults run one at a time, so the firewall
+    /// rules flushed here are the loss rules).
     pub fn heal_netem(&self) {
+        if !self.namespaced() {
+            return;
+        }
         for s in 1..=self.len() {
             let _ = self.in_ns(s, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
         }
+        let _ = self.heal_partition();
     }
 
     /// Wait until a slot answers /healthz.

@@ -271,15 +271,13 @@ impl Nemesis {
                 } else {
                     all.clone()
                 };
+                let mut what = String::new();
                 for &t in &targets {
-                    c.netem(t, delay, delay / 2, loss)?;
+                    what = c.netem(t, delay, delay / 2, loss)?;
                 }
                 sleep_unless(stop, hold).await;
                 c.heal_netem();
-                Ok(format!(
-                    "netem delay {delay}ms±{}ms loss {loss}% on slots {targets:?}",
-                    delay / 2
-                ))
+                Ok(format!("{what} on slots {targets:?}"))
             }
             "clock" => {
                 let t = self.pick(&all);
