@@ -352,6 +352,69 @@ async fn checkout_calls_over_grpc_with_request_ids_and_roles() {
         (done.state.as_str(), done.booking_id.as_str()),
         ("booked", b1.booking_id.as_str())
     );
+    // ListBookings: the buyer's own; other scopes need the service role.
+    let mine = buyer
+        .list_bookings(pb::ListBookingsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.bookings
+            .iter()
+            .map(|b| b.booking_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![b1.booking_id.as_str()]
+    );
+    let e = buyer
+        .list_bookings(pb::ListBookingsRequest {
+            all: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (403, "forbidden".into()));
+    let by_perf = service
+        .list_bookings(pb::ListBookingsRequest {
+            performance_id: cat.performance.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_perf.bookings.len(), 1);
+    let e = service
+        .list_bookings(pb::ListBookingsRequest {
+            buyer: "nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (400, "bad_request".into()));
+
+    // CheckIn: once; the second time is ticket_used; a malformed code is invalid_input.
+    let ticket = &b1.tickets[0];
+    let door = pb::CheckInRequest {
+        performance_id: cat.performance.clone(),
+        code: ticket.code.clone(),
+        ..Default::default()
+    };
+    let e = buyer.check_in(door.clone()).await.unwrap_err();
+    assert_eq!(code(&e), (403, "forbidden".into()));
+    let ok = service.check_in(door.clone()).await.unwrap();
+    assert_eq!(
+        (ok.ticket_id.as_str(), ok.seat.as_str()),
+        (ticket.ticket_id.as_str(), "A:1:1")
+    );
+    let e = service.check_in(door).await.unwrap_err();
+    assert_eq!(code(&e), (409, "ticket_used".into()));
+    let e = service
+        .check_in(pb::CheckInRequest {
+            performance_id: cat.performance.clone(),
+            code: "zz".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (422, "invalid_input".into()));
+
     let all = service
         .list_checkouts(pb::ListCheckoutsRequest {
             all: true,

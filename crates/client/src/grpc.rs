@@ -102,6 +102,7 @@ keyed!(
     pb::JoinQueueRequest,
     pb::CreateApiKeyRequest,
     pb::RecordPaymentRequest,
+    pb::CheckInRequest,
 );
 
 /// One unary RPC per method: `write` ones get a request_id for all their attempts.
@@ -312,6 +313,10 @@ impl GrpcClient {
     rpc!(read get_checkout(pb::HoldRef) -> pb::Checkout);
     rpc!(read list_checkouts(pb::ListCheckoutsRequest) -> pb::CheckoutList);
     rpc!(read get_booking(pb::BookingRef) -> pb::Booking);
+    rpc!(/// The caller's bookings, or (service, operator) a buyer's, a performance's or all.
+    read list_bookings(pb::ListBookingsRequest) -> pb::BookingList);
+    rpc!(/// Mark the ticket with this code used, once (`ticket_used` the second time).
+    write check_in(pb::CheckInRequest) -> pb::CheckedIn);
     rpc!(write refund(pb::RefundRequest) -> pb::Refunded);
     rpc!(write join_queue(pb::JoinQueueRequest) -> pb::QueueStatus);
     rpc!(read get_queue(pb::QueueRef) -> pb::QueueStatus);

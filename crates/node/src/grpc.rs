@@ -1071,4 +1071,154 @@ impl pb::ledger_server::Ledger for LedgerService {
             next,
         }))
     }
+
+    async fn list_bookings(
+        &self,
+        req: Request<pb::ListBookingsRequest>,
+    ) -> Result<pb::BookingList> {
+        const MAX_BOOKINGS_PAGE: u32 = 200;
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        if r.limit > MAX_BOOKINGS_PAGE {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1..={MAX_BOOKINGS_PAGE} (0: 50)"
+            ))
+            .into());
+        }
+        let limit = if r.limit == 0 { 50 } else { r.limit as usize };
+        let after: Option<BookingId> = match non_empty(&r.after) {
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|_| ApiError::bad_request("after must be a booking id"))?,
+            ),
+            None => None,
+        };
+        let buyer = non_empty(&r.buyer)
+            .map(|b| parse_principal(&b))
+            .transpose()?;
+        let performance: Option<PerformanceId> = non_empty(&r.performance_id)
+            .map(|x| parse_id(&x, "performance"))
+            .transpose()?;
+        let privileged = self.app.is_service_or_operator(p).await?;
+        let forbidden = || {
+            Status::from(ApiError::forbidden(
+                "only a service or operator key lists other buyers', a performance's or all bookings",
+            ))
+        };
+        // Which bookings to walk: a buyer's, a performance's, or (None) every one.
+        let scope = match (buyer, performance, r.all) {
+            (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
+                return Err(ApiError::bad_request(
+                    "filter by buyer, by performance or all, one of them",
+                )
+                .into());
+            }
+            (Some(b), None, false) if privileged || b == p => Some(Ok(b)),
+            (None, Some(x), false) if privileged => Some(Err(x)),
+            (None, None, true) if privileged => None,
+            (None, None, false) => Some(Ok(p)),
+            _ => return Err(forbidden()),
+        };
+        let (bookings, next) = self
+            .app
+            .read(consistency(r.stale), |l| {
+                let mut page: Vec<&ledger::Booking> = match scope {
+                    Some(Ok(b)) => l.bookings_of(b, after).take(limit + 1).collect(),
+                    Some(Err(x)) => l.bookings_for(x, after).take(limit + 1).collect(),
+                    None => {
+                        let from =
+                            after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+                        l.state()
+                            .bookings
+                            .range((from, std::ops::Bound::Unbounded))
+                            .map(|(_, b)| b)
+                            .take(limit + 1)
+                            .collect()
+                    }
+                };
+                let more = page.len() > limit;
+                page.truncate(limit);
+                let next = match (more, page.last()) {
+                    (true, Some(b)) => b.id.to_string(),
+                    _ => String::new(),
+                };
+                let views: Vec<api::Booking> =
+                    page.into_iter().map(|b| booking_view(l, b)).collect();
+                (views, next)
+            })
+            .await?;
+        Ok(Response::new(pb::BookingList {
+            bookings: bookings.into_iter().map(booking_pb).collect(),
+            next,
+        }))
+    }
+
+    async fn check_in(&self, req: Request<pb::CheckInRequest>) -> Result<pb::CheckedIn> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let performance: PerformanceId = parse_id(&r.performance_id, "performance")?;
+        let code = parse_code(&r.code)?;
+        let (ticket, booking) = match self
+            .write(p, &r.request_id, Op::CheckIn { performance, code })
+            .await?
+        {
+            Reply::CheckedIn { ticket, booking } => (ticket, booking),
+            other => return Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
+        };
+        let b = self.booking(p, booking, Consistency::Stale).await;
+        // The door (an organizer) may not read the buyer's booking: answer from the ledger.
+        let view = match b {
+            Ok(b) => Some(b),
+            Err(_) => {
+                self.app
+                    .read(Consistency::Stale, |l| {
+                        l.state()
+                            .bookings
+                            .get(&booking)
+                            .map(|b| booking_pb(booking_view(l, b)))
+                    })
+                    .await?
+            }
+        }
+        .ok_or_else(|| ApiError::internal("checked in but the booking is not readable"))?;
+        let t = view
+            .tickets
+            .into_iter()
+            .find(|t| t.ticket_id == ticket.to_string())
+            .ok_or_else(|| ApiError::internal("checked in but the ticket is not in its booking"))?;
+        Ok(Response::new(pb::CheckedIn {
+            ticket_id: t.ticket_id,
+            booking_id: view.booking_id,
+            seat: t.seat,
+            section: t.section,
+            category: t.category,
+        }))
+    }
+}
+
+/// `u_5` (an account) or `k_3` (an API key), as over HTTP.
+fn parse_principal(s: &str) -> std::result::Result<Principal, ApiError> {
+    let bad =
+        || ApiError::bad_request(format!("{s:?} is not an account (u_…) or API key (k_…) id"));
+    if s.starts_with("u_") {
+        s.parse().map(Principal::User).map_err(|_| bad())
+    } else if s.starts_with("k_") {
+        s.parse().map(Principal::ApiKey).map_err(|_| bad())
+    } else {
+        Err(bad())
+    }
+}
+
+/// A check-in code: 32 hex digits.
+fn parse_code(s: &str) -> std::result::Result<CheckInCode, ApiError> {
+    let bad = || ApiError::invalid("a check-in code is 32 hex digits");
+    let s = s.trim();
+    if s.len() != 32 || !s.is_ascii() {
+        return Err(bad());
+    }
+    let mut code = [0u8; 16];
+    for (i, byte) in code.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(code)
 }
