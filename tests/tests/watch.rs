@@ -451,3 +451,39 @@ async fn the_grpc_clients_watch_reconnects_to_another_node_by_itself() {
     assert_eq!(indexes, all.iter().map(|e| e.log_index).collect::<Vec<_>>());
     assert_eq!(facts(&got), facts(&all));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_serves_at_most_256_watchers_and_frees_a_slot_when_one_leaves() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let key = key(&t, "service").await;
+    let node = t.c().nodes[0].http.clone();
+    let mut open = Vec::new();
+    for i in 0..256 {
+        let s = SseStream::open(&node, &key, "", None).await.unwrap();
+        open.push(s.unwrap_or_else(|e| panic!("watcher {i} refused: {e:?}")));
+    }
+    let refused = SseStream::open(&node, &key, "", None).await.unwrap();
+    match refused {
+        Ok(_) => panic!("the 257th watcher was accepted"),
+        Err((status, body)) => {
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("too_many_watchers"), "{body}");
+        }
+    }
+    // Another node has its own slots.
+    assert!(
+        SseStream::open(&t.c().nodes[1].http, &key, "", None)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    // A subscriber that leaves gives its slot back.
+    open.pop();
+    wait_until(WAIT, "a slot freed after a watcher left", || async {
+        SseStream::open(&node, &key, "", None)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    })
+    .await
+    .unwrap();
+}
