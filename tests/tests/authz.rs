@@ -236,6 +236,7 @@ fn calls(w: &World) -> Vec<Call> {
             format!("/v1/reports/performances/{p}/sales?format=csv"),
             None,
         ),
+        call("watch", Method::GET, "/v1/watch?from=0".into(), None),
         call(
             "cluster_status",
             Method::GET,
@@ -295,6 +296,7 @@ const NOT_FOR_BUYERS: &[&str] = &[
     "refund",
     "sales_report",
     "sales_report_csv",
+    "watch",
 ];
 /// What belongs to `buyer1` and no other buyer.
 const BUYER1S: &[&str] = &[
@@ -325,6 +327,7 @@ const NOT_FOR_ORGANIZERS: &[&str] = &[
     "list_bookings_of_performance",
     "get_booking",
     "refund",
+    "watch",
 ];
 /// What `org1` owns and `org2` must not reach.
 const ORG1S: &[&str] = &[
