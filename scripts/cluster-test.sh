@@ -154,7 +154,7 @@ js() { # PYTHON-EXPR over the JSON on stdin, as `d`
     python3 -c 'import json, sys; d = json.load(sys.stdin); r = eval(sys.argv[1]); print(" ".join(map(str, r)) if isinstance(r, (list, tuple)) else r)' "$1"
 }
 status_json() { ctl_in "$1" --json --timeout-secs 10 cluster status 2>/dev/null; }
-leader_of() { status_json "$1" | js 'd["leader"] if d["leader"] is not None else ""' || true; }
+leader_of() { status_json "$1" | js 'd.get("leader") if d.get("leader") is not None else ""' || true; }
 voters_of() { status_json "$1" | js 'sorted(d["voters"])' || true; }
 container() { compose "$1" ps -q "$2"; }
 
@@ -172,12 +172,17 @@ wait_for() {
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(container "$1" "$2")")" = healthy ]; }
 # Every node of the project is a voter-or-learner that answers, and they agree on one leader.
 all_members_answer() {
-    status_json "$1" | js 'all(n["role"] in ("leader", "follower", "learner") for n in d["nodes"]) and d["leader"] is not None and len(d["nodes"]) == len(d["voters"]) + len(d["learners"])' | grep -qx True
+    status_json "$1" | js 'all(n["role"] in ("leader", "follower", "learner") for n in d["nodes"]) and d.get("leader") is not None and len(d["nodes"]) == len(d["voters"]) + len(d["learners"])' | grep -qx True
 }
 # Wait until node ID has applied what the leader had applied at the start of the wait.
 wait_caught_up() {
-    local p=$1 id=$2 target
-    target=$(status_json "$p" | js "next(n['applied_index'] for n in d['nodes'] if n['id'] == d['leader'])") || fail "no leader to catch up with"
+    local p=$1 id=$2 target=""
+    local deadline=$(( $(date +%s) + 30 ))
+    # The answering node may not know a leader for a moment (it just came back).
+    until target=$(status_json "$p" | js "next(n['applied_index'] for n in d['nodes'] if n['id'] == d.get('leader'))" 2>/dev/null); do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "no leader to catch up with"
+        sleep 0.5
+    done
     wait_for 90 "node $id applied index $target (the leader's)" node_applied_at_least "$p" "$id" "$target"
 }
 node_applied_at_least() {
