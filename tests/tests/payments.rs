@@ -277,15 +277,34 @@ async fn checkouts_book_decline_time_out_and_pay_late_by_the_written_rule() -> a
     assert_eq!(r.context("result")?.outcome, CheckoutOutcome::Declined);
     assert_eq!(s.service().get_hold(&hb.hold_id).await?.state, "released");
 
-    // The provider captures but answers after our timeout: the service cancels, which
-    // refunds the capture, and the hold is released.
+    // The provider does not answer within our 800 ms and had not decided: the service
+    // cancels, nothing is charged (the late decision finds the charge cancelled), and the
+    // hold is released.
     let c = s.buyer().await?;
     let hc = hold(c.clone(), &["A:2:2"]).await?;
     holds.insert(hc.hold_id.clone());
-    let (_, r) = pay(&http, &purl, &token(&c), &hc.hold_id, "tok_timeout").await?;
+    let (_, r) = pay(&http, &purl, &token(&c), &hc.hold_id, "tok_slow_2000").await?;
     let r = r.context("result")?;
-    assert_eq!(r.outcome, CheckoutOutcome::Refunded, "{r:?}");
+    assert_eq!(r.outcome, CheckoutOutcome::Declined, "{r:?}");
     assert_eq!(s.service().get_hold(&hc.hold_id).await?.state, "released");
+
+    // The provider captured but its answer came after our timeout: the cancel finds the
+    // capture, which stands and is booked (a cancel never refunds).
+    let c2 = s.buyer().await?;
+    let hc2 = hold(c2.clone(), &["A:2:3"]).await?;
+    holds.insert(hc2.hold_id.clone());
+    let (_, r) = pay(&http, &purl, &token(&c2), &hc2.hold_id, "tok_timeout").await?;
+    let r = r.context("result")?;
+    assert_eq!(r.outcome, CheckoutOutcome::Booked, "{r:?}");
+    assert_eq!(s.service().get_hold(&hc2.hold_id).await?.state, "confirmed");
+    // A cancel arriving after the booking (a late duplicate) leaves the capture alone.
+    let late = http
+        .post(format!("{sim}/v1/charges/pay-{}/cancel", hc2.hold_id))
+        .send()
+        .await?
+        .json::<api::payments::Charge>()
+        .await?;
+    assert_eq!(late.status, ChargeStatus::Captured);
 
     // Three holds at once, each outliving its 10 s TTL: D pays by an asynchronous method whose
     // capture lands (by callback) after the hold expired, seats still free: booked late. E
@@ -389,7 +408,7 @@ async fn checkouts_book_decline_time_out_and_pay_late_by_the_written_rule() -> a
     })
     .await?;
     let (charges, booked) = check_money(&s.service(), &book, &holds).await?;
-    assert_eq!((charges, booked), (5, 2), "charges and bookings");
+    assert_eq!((charges, booked), (6, 3), "charges and bookings");
     Ok(())
 }
 

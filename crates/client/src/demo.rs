@@ -7,7 +7,7 @@
 //! waits for its admission, holds 1–4 random free seats and pays through the payments
 //! service (`payments serve`, a real process and a client of the ledger) at the simulated
 //! provider (`payments simulate`, its own HTTP server): most are captured and booked, some
-//! are declined, some time out at the provider (cancelled, refunded if it had captured), some
+//! are declined, some time out at the provider (cancelled, or booked if it had captured), some
 //! pay by an asynchronous method whose capture lands after the hold expired (booked on the
 //! same seats if they are still free, else refunded at once); some abandon, some dawdle past
 //! their hold, some ask for a refund. A live line shows the queue, admitted, held, sold,
@@ -959,6 +959,11 @@ async fn hold_seats(
                 sale.stats.conflicts.fetch_add(1, Relaxed);
             }
             Err(e) if e.code() == Some("sold_out") => return None,
+            // The admission ran out between the check and the hold (a slow machine).
+            Err(e) if e.code() == Some("admission_required") => {
+                sale.stats.admission_expired.fetch_add(1, Relaxed);
+                return None;
+            }
             Err(e) => {
                 sale.stats.error(&e);
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -21,12 +21,16 @@ pub enum ChargeOutcome {
     Pending,
 }
 
-/// What a cancel made of a charge: after it, the key can never capture money.
+/// What a cancel found: after it, the charge's outcome is final. A cancel voids only an
+/// undecided charge; one already captured stays captured (and is reported), so a cancel that
+/// arrives late can never take back money for a booking made meanwhile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// No money moved (never received, still pending, declined, or cancelled before).
     NothingCharged { reason: String },
-    /// It had captured: the money was refunded.
+    /// It had captured before the cancel: the capture stands.
+    Captured { provider_ref: String },
+    /// It had captured and was refunded since (by an explicit refund).
     Refunded { provider_ref: String },
 }
 
@@ -178,6 +182,9 @@ impl Provider for HttpProvider {
         let c = decode(status, &body)?;
         Ok(match c.status {
             ChargeStatus::Refunded => CancelOutcome::Refunded {
+                provider_ref: c.charge_id,
+            },
+            ChargeStatus::Captured => CancelOutcome::Captured {
                 provider_ref: c.charge_id,
             },
             ChargeStatus::Cancelled | ChargeStatus::Declined => CancelOutcome::NothingCharged {

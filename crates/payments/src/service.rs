@@ -4,8 +4,9 @@
 //!    records a `started` checkout);
 //! 2. charge the provider with the same key: captured → record `captured`; declined → record
 //!    `failed` (the ledger releases the hold); no answer in time → cancel at the provider,
-//!    which makes the outcome definite (nothing charged → `failed`; it had captured →
-//!    refunded → `refunded`); `pending` (an asynchronous method) → the checkout stays open
+//!    which makes the outcome definite (nothing charged → `failed`, the hold is released; it
+//!    had captured → the capture stands and goes on to step 3: a cancel never refunds, so a
+//!    cancel landing late cannot take the money of a booking made meanwhile); `pending` (an asynchronous method) → the checkout stays open
 //!    until the provider's callback (or a resume's lookup) brings the outcome;
 //! 3. confirm the hold; if it expired meanwhile, the written rule: book the same seats if they
 //!    are all still free (`confirm-late`), otherwise refund the capture at once and record
@@ -508,10 +509,15 @@ impl<P: Provider> Payments<P> {
         for attempt in 0..CANCEL_ATTEMPTS {
             match self.provider.cancel(pref).await {
                 Ok(CancelOutcome::NothingCharged { .. }) => return Decided::Failed(reason),
+                // The money moved before the cancel: the capture stands and is booked (or
+                // refunded by the written rule if no booking is possible any more).
+                Ok(CancelOutcome::Captured { provider_ref }) => {
+                    return Decided::Captured(provider_ref);
+                }
                 Ok(CancelOutcome::Refunded { provider_ref }) => {
                     return Decided::RefundedAtProvider(
                         provider_ref,
-                        format!("{reason}; it had captured and was refunded"),
+                        format!("{reason}; it had been refunded"),
                     );
                 }
                 Err(ProviderError::Refused(m)) => return Decided::Unknown(m),

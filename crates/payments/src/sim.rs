@@ -377,12 +377,13 @@ async fn cancel(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -> Respons
             e.charge.status = ChargeStatus::Cancelled;
             e.charge.reason = Some("cancelled before it was decided".into());
         }
-        ChargeStatus::Captured => {
-            e.charge.status = ChargeStatus::Refunded;
-            e.charge.reason = Some("cancelled after capture: refunded".into());
-            sim.refunded_minor.fetch_add(e.charge.amount_minor, Relaxed);
-        }
-        ChargeStatus::Declined | ChargeStatus::Cancelled | ChargeStatus::Refunded => {}
+        // A decided charge is left as it is: a cancel only voids what is undecided. (A cancel
+        // that refunded a capture could land late, after the capture was booked: money back
+        // for a valid ticket. Refunds are their own, explicit call.)
+        ChargeStatus::Captured
+        | ChargeStatus::Declined
+        | ChargeStatus::Cancelled
+        | ChargeStatus::Refunded => {}
     }
     (StatusCode::OK, Json(e.charge.clone())).into_response()
 }

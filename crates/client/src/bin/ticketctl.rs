@@ -73,7 +73,7 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         decline_percent: u32,
         /// Percent of ordinary card payments the provider captures but answers too late
-        /// for (the payments service cancels them, which refunds the capture).
+        /// for (the payments service's cancel then finds the capture, which stands).
         #[arg(long, default_value_t = 1)]
         timeout_percent: u32,
     },
