@@ -591,3 +591,33 @@ async fn a_killed_payments_process_resumes_every_checkout() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// A refund asked for without a `refund_ref` and retried under the same Idempotency-Key is
+/// the same request: the retry gets the first answer, not 409 (the node named the refund
+/// randomly before; the jepsen harness found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_retried_with_its_key_gets_the_first_answer() -> anyhow::Result<()> {
+    let t = TestCluster::start(3, &[]).await?;
+    let s = sale(&t, 1, 60, 30).await?;
+    let b = s.buyer().await?;
+    let h = b.hold(&seats_hold(&s.performance, &["A:1:1"])).await?;
+    let bk = s.service().confirm(&h.hold_id, "pay-direct").await?;
+    let http = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for node in &s.urls {
+        let r = http
+            .post(format!(
+                "http://{node}/v1/bookings/{}/refund",
+                bk.booking_id
+            ))
+            .bearer_auth(&s.service_key)
+            .header(api::IDEMPOTENCY_KEY_HEADER, "refund-retry-1")
+            .json(&serde_json::json!({}))
+            .send()
+            .await?;
+        answers.push((r.status().as_u16(), r.text().await?));
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(answers[0].0, 200, "{answers:?}");
+    Ok(())
+}

@@ -56,6 +56,13 @@ pub fn random_key() -> String {
     hex(&rand::random::<[u8; 32]>())
 }
 
+/// The refund_ref of a refund asked for without one, under an idempotency key: the same for
+/// every retry of that request (a random one made each retry another request, hence a 409).
+pub fn refund_ref_for_key(booking: &str, key: &str) -> String {
+    let h = blake3::hash(format!("refund\0{booking}\0{key}").as_bytes());
+    format!("refund-{}", &hex(h.as_bytes())[..32])
+}
+
 impl App {
     pub fn new(cfg: Config, raft: Raft, ledger: LedgerHandle) -> App {
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight));

@@ -539,8 +539,12 @@ impl pb::ledger_server::Ledger for LedgerService {
                     .map_err(|_| ApiError::invalid(format!("{t:?} is not a ticket id")))?,
             );
         }
-        let refund_ref = non_empty(&r.refund_ref)
-            .unwrap_or_else(|| format!("refund-{}", crate::app::random_key()));
+        // As over HTTP: named from the request_id when there is one, so a retry is the same.
+        let refund_ref = match (non_empty(&r.refund_ref), r.request_id.is_empty()) {
+            (Some(x), _) => x,
+            (None, false) => crate::app::refund_ref_for_key(&booking.to_string(), &r.request_id),
+            (None, true) => format!("refund-{}", crate::app::random_key()),
+        };
         match self
             .write(
                 p,

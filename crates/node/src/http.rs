@@ -918,9 +918,13 @@ async fn refund_booking(
                 .map_err(|_| ApiError::invalid(format!("{t:?} is not a ticket id")))?,
         );
     }
-    let refund_ref = b
-        .refund_ref
-        .unwrap_or_else(|| format!("refund-{}", crate::app::random_key()));
+    // Without a refund_ref the node names the refund; from the idempotency key when there is
+    // one, so that a retry is the same request (a random name made a retry 409).
+    let refund_ref = match (b.refund_ref, idempotency_key(&headers)?) {
+        (Some(r), _) => r,
+        (None, Some(k)) => crate::app::refund_ref_for_key(&booking.to_string(), &k),
+        (None, None) => format!("refund-{}", crate::app::random_key()),
+    };
     match write(
         &app,
         &headers,
