@@ -412,19 +412,9 @@ async fn checkouts_book_decline_time_out_and_pay_late_by_the_written_rule() -> a
     Ok(())
 }
 
-/// The `payments` binary next to this test's executable.
+/// The `payments` binary next to this test's executable (`cargo build --bins`).
 fn payments_bin() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(3) {
-        let c = dir.join("payments");
-        if c.is_file() {
-            return Ok(c);
-        }
-    }
-    bail!(
-        "no payments binary next to {} (run `cargo build --bins`)",
-        exe.display()
-    )
+    client::dev::find_binary("payments", "PAYMENTS_BIN")
 }
 
 /// A `payments serve` process; killed when dropped.

@@ -1,7 +1,7 @@
 //! The demo's payment side: the simulated provider and the payments service as real child
 //! processes (the `payments` binary next to `ticketctl`), and the calls buyers make to them.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,22 +17,9 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The `payments` binary: `$PAYMENTS_BIN`, else next to this executable.
+/// The `payments` binary: `$PAYMENTS_BIN`, else next to this executable, else on PATH.
 pub fn find_payments() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("PAYMENTS_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(3) {
-        let c = dir.join("payments");
-        if c.is_file() {
-            return Ok(c);
-        }
-    }
-    bail!(
-        "no `payments` binary next to {} (build it: `cargo build --bins`, or set PAYMENTS_BIN)",
-        exe.display()
-    )
+    crate::dev::find_binary("payments", "PAYMENTS_BIN")
 }
 
 /// Start `payments <args>` and wait for its `listening on <url>` line (stderr to `log`).
@@ -49,7 +36,12 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --bins`, or set PAYMENTS_BIN)",
+                bin.display()
+            )
+        })?;
     let stdout = child.stdout.take().context("the child's stdout")?;
     let guard = ChildGuard(child);
     let (tx, rx) = std::sync::mpsc::channel();

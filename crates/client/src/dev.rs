@@ -67,18 +67,23 @@ const LEADER_DEADLINE: Duration = Duration::from_secs(20);
 
 /// `ticketd` next to this executable, else `$TICKETD_BIN`, else on PATH.
 pub fn find_ticketd() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("TICKETD_BIN") {
+    find_binary("ticketd", "TICKETD_BIN")
+}
+
+/// The binary `name`: `$env` if set, else next to this executable (tests run from
+/// target/debug/deps, binaries are in target/debug), else `name` on PATH.
+pub fn find_binary(name: &str, env: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    // Tests run from target/debug/deps; binaries are in target/debug.
     for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("ticketd");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    Ok(PathBuf::from("ticketd"))
+    Ok(PathBuf::from(name))
 }
 
 /// The processes this process started, by pid: kept so that an early exit can be reported
