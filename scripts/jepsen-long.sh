@@ -3,7 +3,7 @@
 # found invalid while the correct build is found valid under the same seed), then every
 # nemesis on 5 nodes over many seeds. Needs root (network namespaces).
 #
-#   scripts/jepsen-long.sh [--seeds N] [--seconds S] [--seed FIRST] [--out DIR] [--canaries-only]
+#   scripts/jepsen-long.sh [--seeds N] [--seconds S] [--seed FIRST] [--out DIR] [--canaries-only] [--no-canaries]
 #
 # Canary builds are the `ticketd-canary` binary (node's required feature `canary`): they reuse
 # the dev profile's dependencies and never replace target/debug/ticketd; each is copied to
@@ -17,6 +17,7 @@ SECS=60
 SEED=1
 OUT=$CARGO_TARGET_DIR/jepsen-long/$(date +%s)
 CANARIES_ONLY=0
+NO_CANARIES=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --seeds) SEEDS=$2; shift 2 ;;
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
         --seed) SEED=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --canaries-only) CANARIES_ONLY=1; shift ;;
+        --no-canaries) NO_CANARIES=1; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -43,7 +45,9 @@ CANARIES=(
     "stale-follower-reads partition,pause"
     "ack-before-commit partition,pause"
     "skip-hold-expiry kill,pause"
+    "skip-admission kill,pause"
 )
+[ "$NO_CANARIES" = 1 ] && CANARIES=()
 for entry in "${CANARIES[@]}"; do
     read -r name nem <<<"$entry"
     mkdir -p "$CARGO_TARGET_DIR/jepsen-canaries"
@@ -69,6 +73,33 @@ if [ "$CANARIES_ONLY" = 1 ]; then
     exit 0
 fi
 
+# One row per run: verdict, operations, faults by kind, checkers that were not valid.
+row() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys, collections
+seed, verdict, d = sys.argv[1], sys.argv[2], sys.argv[3]
+try:
+    r = json.load(open(f"{d}/results.json"))
+    ops = r["ops"]
+    bad = ",".join(f"{c['checker']}:{c['valid']}" for c in r["checks"] if c["valid"] != "valid") or "-"
+    checked = sum(c["checked"] for c in r["checks"])
+except Exception:
+    ops, bad, checked = "?", "no results", "?"
+kinds, failed = collections.Counter(), 0
+try:
+    for line in open(f"{d}/nemesis.jsonl"):
+        b = json.loads(line)
+        kinds[b["fault"]] += 1
+        failed += 1 if b.get("error") else 0
+except Exception:
+    pass
+faults = " ".join(f"{k}x{v}" for k, v in sorted(kinds.items()))
+print(f"| {seed} | {verdict} | {ops} | {checked} | {sum(kinds.values())} ({failed} failed) | {faults} | {bad} |")
+PY
+}
+TABLE=$OUT/table.md
+echo "| seed | verdict | ops | checked | faults | by kind | not valid |" > "$TABLE"
+echo "|---|---|---|---|---|---|---|" >> "$TABLE"
 failed=0
 for i in $(seq 0 $((SEEDS - 1))); do
     s=$((SEED + i))
@@ -81,10 +112,10 @@ for i in $(seq 0 $((SEEDS - 1))); do
         verdict=$([ $rc -eq 1 ] && echo invalid || ([ $rc -eq 2 ] && echo unknown || echo error))
         failed=1
     fi
-    ops=$(python3 -c "import json;print(json.load(open('$OUT/all-$s/results.json'))['ops'])" 2>/dev/null || echo "?")
-    faults=$(wc -l < "$OUT/all-$s/nemesis.jsonl" 2>/dev/null || echo "?")
-    echo "seed $s: $verdict, $ops ops, $faults faults ($OUT/all-$s)" | tee -a "$SUMMARY"
+    row "$s" "$verdict" "$OUT/all-$s" | tee -a "$TABLE"
+    echo "seed $s: $verdict ($OUT/all-$s)" >> "$SUMMARY"
 done
 echo "==> summary"
 cat "$SUMMARY"
+cat "$TABLE"
 exit $failed

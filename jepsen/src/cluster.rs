@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 pub enum Net {
     /// Network namespaces with the prefix `jp<k>`.
     Namespaces { k: u8 },
-    /// Loopback addresses, no network faults (not root).
+    /// Loopback addresses, no network faults (`--loopback`).
     Loopback,
+    /// Each node on `127.0.0.(10+slot)` behind the fault-injecting TCP proxy (not root, or
+    /// `JEPSEN_NO_NETNS=1`).
+    Proxy,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -36,6 +39,20 @@ pub struct Slot {
     pub grpc: String,
     pub dir: PathBuf,
     pub clock_offset_ms: i64,
+    /// Proxy mode: the (gRPC, HTTP) addresses peers use, the proxy's in front of this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<(String, String)>,
+}
+
+impl Slot {
+    /// The gRPC address other nodes reach this one at (the membership's).
+    pub fn peer_grpc(&self) -> &str {
+        self.advertise.as_ref().map_or(&self.grpc, |a| &a.0)
+    }
+
+    pub fn peer_http(&self) -> &str {
+        self.advertise.as_ref().map_or(&self.http, |a| &a.1)
+    }
 }
 
 pub struct Cluster {
@@ -46,6 +63,13 @@ pub struct Cluster {
     slots: Mutex<Vec<Slot>>,
     children: Mutex<HashMap<usize, Child>>,
     paused: Mutex<BTreeSet<usize>>,
+    /// When each slot's process was started (for the stale-read checker: a restarted node
+    /// may serve older state than before).
+    starts: Mutex<Vec<(usize, Instant)>>,
+    /// libfaketime, preloaded into every node when the `jump` nemesis runs: each node's
+    /// wall clock is its real one plus the offset in its `faketime` file, changeable live.
+    faketime: Mutex<Option<PathBuf>>,
+    proxy: Option<crate::proxy::Proxy>,
 }
 
 /// Every namespace prefix this harness may use; `jepsen cleanup` removes them all.
@@ -164,13 +188,19 @@ impl Cluster {
         extra_args: Vec<String>,
         loopback: bool,
     ) -> anyhow::Result<Cluster> {
-        let net = if loopback || !is_root() {
-            if !loopback {
-                println!(
-                    "jepsen: not root, so no network namespaces: nodes run on loopback, and partition/netem faults are unavailable"
-                );
-            }
+        let no_netns = std::env::var("JEPSEN_NO_NETNS").is_ok_and(|v| v == "1");
+        let net = if loopback {
             Net::Loopback
+        } else if no_netns || !is_root() {
+            println!(
+                "jepsen: {}: no network namespaces; nodes run on 127.0.0.x behind the fault-injecting TCP proxy",
+                if no_netns {
+                    "JEPSEN_NO_NETNS=1"
+                } else {
+                    "not root"
+                }
+            );
+            Net::Proxy
         } else {
             ensure_tools()?;
             let taken = ns_names();
@@ -181,7 +211,7 @@ impl Cluster {
                 })?;
             Net::Namespaces { k }
         };
-        let ports = client::dev::free_ports(2 * n)?;
+        let ports = client::dev::free_ports(4 * n)?;
         let mut slots = Vec::new();
         for i in 1..=n {
             let (ip, http, grpc) = match &net {
@@ -191,10 +221,24 @@ impl Cluster {
                 }
                 Net::Loopback => (
                     "127.0.0.1".to_string(),
-                    format!("127.0.0.1:{}", ports[2 * (i - 1)]),
-                    format!("127.0.0.1:{}", ports[2 * (i - 1) + 1]),
+                    format!("127.0.0.1:{}", ports[4 * (i - 1)]),
+                    format!("127.0.0.1:{}", ports[4 * (i - 1) + 1]),
                 ),
+                Net::Proxy => {
+                    let ip = format!("127.0.0.{}", 10 + i);
+                    (
+                        ip.clone(),
+                        format!("{ip}:{}", ports[4 * (i - 1)]),
+                        format!("{ip}:{}", ports[4 * (i - 1) + 1]),
+                    )
+                }
             };
+            let advertise = matches!(net, Net::Proxy).then(|| {
+                (
+                    format!("{ip}:{}", ports[4 * (i - 1) + 2]),
+                    format!("{ip}:{}", ports[4 * (i - 1) + 3]),
+                )
+            });
             let sdir = dir.join("nodes").join(format!("n{i}"));
             std::fs::create_dir_all(&sdir)?;
             slots.push(Slot {
@@ -205,17 +249,31 @@ impl Cluster {
                 grpc,
                 dir: sdir,
                 clock_offset_ms: 0,
+                advertise,
             });
         }
         let cluster = Cluster {
-            net,
+            net: net.clone(),
             ticketd,
             admin_key: format!("jepsen-admin-{}", client::new_idempotency_key()),
             extra_args,
             slots: Mutex::new(slots),
             children: Mutex::new(HashMap::new()),
             paused: Mutex::new(BTreeSet::new()),
+            starts: Mutex::new(Vec::new()),
+            faketime: Mutex::new(None),
+            proxy: matches!(net, Net::Proxy).then(crate::proxy::Proxy::default),
         };
+        if let Some(p) = &cluster.proxy {
+            for s in cluster.slots() {
+                let (g, h) = s.advertise.clone().expect("proxy slots advertise");
+                let parse = |a: &str| -> anyhow::Result<std::net::SocketAddr> {
+                    a.parse().with_context(|| format!("address {a}"))
+                };
+                p.serve(parse(&g)?, parse(&s.grpc)?, s.slot)?;
+                p.serve(parse(&h)?, parse(&s.http)?, s.slot)?;
+            }
+        }
         if let Net::Namespaces { k } = cluster.net {
             cluster.make_namespaces(k, n)?;
         }
@@ -276,10 +334,15 @@ impl Cluster {
         matches!(self.net, Net::Namespaces { .. })
     }
 
+    /// Partitions and slow links can be made (namespaces or the proxy).
+    pub fn network_faults(&self) -> bool {
+        !matches!(self.net, Net::Loopback)
+    }
+
     fn ns(&self, slot: usize) -> Option<String> {
         match self.net {
             Net::Namespaces { k } => Some(format!("jp{k}-n{slot}")),
-            Net::Loopback => None,
+            Net::Loopback | Net::Proxy => None,
         }
     }
 
@@ -349,8 +412,27 @@ impl Cluster {
             .arg(&data)
             .args(["--http-addr", &s.http, "--grpc-addr", &s.grpc])
             .args(&self.extra_args);
+        if let Some((g, h)) = &s.advertise {
+            cmd.args(["--advertise-grpc", g, "--advertise-http", h]);
+        }
         if s.clock_offset_ms != 0 {
             cmd.arg(format!("--clock-offset-ms={}", s.clock_offset_ms));
+        }
+        if let Some(lib) = self
+            .faketime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            let file = s.dir.join("faketime");
+            if !file.exists() {
+                std::fs::write(&file, "+0\n")?;
+            }
+            // Only the wall clock moves: timers (monotonic) stay true, as with an NTP step.
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", &file)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_CACHE_DURATION", "1");
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -359,7 +441,14 @@ impl Cluster {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {}", self.ticketd.display()))?;
+        if let Some(p) = &self.proxy {
+            p.set_pid(slot, Some(child.id()));
+        }
         children.insert(slot, child);
+        self.starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((slot, Instant::now()));
         self.paused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -371,6 +460,63 @@ impl Cluster {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
         let c = children.get_mut(&slot)?;
         matches!(c.try_wait(), Ok(None)).then(|| c.id())
+    }
+
+    /// Preload libfaketime into every node started from now on (installing it from apt when
+    /// missing). Returns the library's path.
+    pub fn enable_faketime(&self) -> anyhow::Result<PathBuf> {
+        let find = || {
+            [
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib/aarch64-linux-gnu",
+                "/usr/lib",
+            ]
+            .iter()
+            .map(|d| PathBuf::from(d).join("faketime/libfaketimeMT.so.1"))
+            .find(|p| p.is_file())
+        };
+        let lib = match find() {
+            Some(l) => l,
+            None => {
+                if !is_root() {
+                    bail!("libfaketime is not installed (apt-get install libfaketime, as root)");
+                }
+                println!("jepsen: installing libfaketime from apt (for the jump nemesis)");
+                sh(&["apt-get", "install", "-y", "libfaketime"])?;
+                find().ok_or_else(|| anyhow!("libfaketime installed but not found"))?
+            }
+        };
+        *self.faketime.lock().unwrap_or_else(|e| e.into_inner()) = Some(lib.clone());
+        Ok(lib)
+    }
+
+    /// Jump one node's wall clock to real time + `offset_ms`, live (libfaketime re-reads
+    /// the file within a second).
+    pub fn set_fake_offset(&self, slot: usize, offset_ms: i64) -> anyhow::Result<()> {
+        if self
+            .faketime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            bail!("libfaketime is not preloaded");
+        }
+        let s = self.slot(slot);
+        let tmp = s.dir.join("faketime.tmp");
+        std::fs::write(&tmp, format!("{:+.3}\n", offset_ms as f64 / 1000.0))?;
+        std::fs::rename(&tmp, s.dir.join("faketime"))?;
+        Ok(())
+    }
+
+    /// (slot, µs after `t0`) of every process start since `t0`.
+    pub fn starts_since(&self, t0: Instant) -> Vec<(usize, u64)> {
+        self.starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, at)| *at >= t0)
+            .map(|(s, at)| (*s, (*at - t0).as_micros() as u64))
+            .collect()
     }
 
     pub fn running(&self, slot: usize) -> bool {
@@ -386,6 +532,9 @@ impl Cluster {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut c) = children.remove(&slot) {
             let _ = c.wait();
+        }
+        if let Some(p) = &self.proxy {
+            p.set_pid(slot, None);
         }
         self.paused
             .lock()
@@ -419,6 +568,10 @@ impl Cluster {
 
     /// Drop every packet between the two slots of each pair (both directions).
     pub fn partition(&self, cut: &[(usize, usize)]) -> anyhow::Result<()> {
+        if let Some(p) = &self.proxy {
+            p.partition(cut);
+            return Ok(());
+        }
         for &(a, b) in cut {
             for (from, to) in [(a, b), (b, a)] {
                 let peer = self.slot(to).ip;
@@ -436,6 +589,9 @@ impl Cluster {
     }
 
     pub fn heal_partition(&self) -> anyhow::Result<()> {
+        if let Some(p) = &self.proxy {
+            p.heal_partition();
+        }
         if !self.namespaced() {
             return Ok(());
         }
@@ -457,6 +613,13 @@ impl Cluster {
         jitter_ms: u32,
         loss_pct: u32,
     ) -> anyhow::Result<String> {
+        if let Some(p) = &self.proxy {
+            p.slow(slot, delay_ms, jitter_ms, loss_pct);
+            return Ok(format!(
+                "proxy: delay {delay_ms}ms±{jitter_ms}ms, {loss_pct}% of chunks held {} ms (loss)",
+                crate::proxy::LOSS_PENALTY_MS
+            ));
+        }
         let (d, j, l) = (
             format!("{delay_ms}ms"),
             format!("{jitter_ms}ms"),
@@ -511,6 +674,9 @@ impl Cluster {
     /// Remove every slot's qdisc and loss rules (faults run one at a time, so the firewall
     /// rules flushed here are the loss rules).
     pub fn heal_netem(&self) {
+        if let Some(p) = &self.proxy {
+            p.heal_slow();
+        }
         if !self.namespaced() {
             return;
         }
@@ -579,7 +745,7 @@ impl Cluster {
         let admin = self.admin().with_deadline(Duration::from_secs(30));
         for s in self.slots().iter().skip(1) {
             admin
-                .add_learner(s.id, &s.grpc, &s.http)
+                .add_learner(s.id, s.peer_grpc(), s.peer_http())
                 .await
                 .with_context(|| format!("adding node {} as a learner", s.id))?;
         }
@@ -624,6 +790,9 @@ impl Cluster {
         for s in 1..=self.len() {
             let _ = self.resume(s);
             let _ = self.kill(s);
+        }
+        if let Some(p) = &self.proxy {
+            p.shutdown();
         }
         if let Net::Namespaces { k } = self.net {
             for name in ns_names() {

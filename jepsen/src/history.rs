@@ -41,6 +41,31 @@ pub enum Op {
     ReadSeats { node: u64, stale: bool },
     /// The GA section's counters from one node.
     ReadGa { node: u64, stale: bool },
+    /// Join the waiting-room performance's queue as buyer number `buyer`.
+    Join { buyer: u32, key: String },
+    /// A buyer's queue entry (state, position, admission) from one node.
+    QueueRead {
+        buyer: u32,
+        queue: String,
+        node: u64,
+        stale: bool,
+    },
+    /// Hold one GA place of the waiting-room performance; `admitted`: the client had seen its
+    /// admission and believed it unexpired (the checker judges by the change feed, not this).
+    WrHold {
+        buyer: u32,
+        key: String,
+        admitted: bool,
+    },
+    WrRelease {
+        buyer: u32,
+        hold: String,
+        key: String,
+    },
+    /// The waiting room's counters (`joined`, `admitted_total` never decrease) from one node.
+    ReadRoom { node: u64, stale: bool },
+    /// Open the waiting-room performance's sale, revealing its seed.
+    OpenRoom { key: String },
 }
 
 impl Op {
@@ -53,6 +78,12 @@ impl Op {
             Op::Refund { .. } => "refund",
             Op::ReadSeats { .. } => "read_seats",
             Op::ReadGa { .. } => "read_ga",
+            Op::Join { .. } => "join",
+            Op::QueueRead { .. } => "queue_read",
+            Op::WrHold { .. } => "wr_hold",
+            Op::WrRelease { .. } => "wr_release",
+            Op::ReadRoom { .. } => "read_room",
+            Op::OpenRoom { .. } => "open_room",
         }
     }
 
@@ -62,7 +93,11 @@ impl Op {
             | Op::GaHold { key, .. }
             | Op::Release { key, .. }
             | Op::Confirm { key, .. }
-            | Op::Refund { key, .. } => Some(key),
+            | Op::Refund { key, .. }
+            | Op::Join { key, .. }
+            | Op::WrHold { key, .. }
+            | Op::WrRelease { key, .. }
+            | Op::OpenRoom { key } => Some(key),
             _ => None,
         }
     }
@@ -90,6 +125,24 @@ pub enum Value {
         held: u32,
         sold: u32,
     },
+    Queued {
+        queue_id: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        position: Option<u64>,
+    },
+    QueueState {
+        state: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        position: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        admitted_until_ms: Option<u64>,
+    },
+    Room {
+        joined: u32,
+        admitted_total: u32,
+        waiting: u32,
+    },
+    Opened,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -11,7 +11,9 @@ mod checker;
 mod cluster;
 mod history;
 mod nemesis;
+mod proxy;
 mod report;
+mod room;
 mod workload;
 
 use anyhow::{Context, bail};
@@ -59,8 +61,8 @@ struct RunArgs {
     /// Seconds of workload under faults.
     #[arg(long, default_value_t = 30)]
     time_limit: u64,
-    /// Comma-separated: kill, pause, partition, netem, clock, member, snapshot, wipe,
-    /// transfer; `all` or `none`.
+    /// Comma-separated: kill, pause, partition, netem, clock, jump, member, snapshot, wipe,
+    /// corrupt, transfer; `all` or `none`.
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// Seeds the fault schedule and every client's choices (default: random, printed).
@@ -99,6 +101,22 @@ struct RunArgs {
     /// Keep the nodes' data directories (they are kept anyway when the run is invalid).
     #[arg(long)]
     keep_data: bool,
+    /// Clients of the waiting-room workload (0: none). Each serves one buyer after another.
+    #[arg(long, default_value_t = 3)]
+    #[serde(default = "default_room_clients")]
+    room_clients: usize,
+    /// Extra buyers who join the waiting room before the sale opens (the seeded pre-queue).
+    #[arg(long, default_value_t = 8)]
+    #[serde(default = "default_prequeue")]
+    prequeue: u32,
+}
+
+fn default_room_clients() -> usize {
+    0
+}
+
+fn default_prequeue() -> u32 {
+    0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -281,12 +299,19 @@ async fn run(
         args.loopback,
     )?);
     *holder.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster.clone());
-    if !cluster.namespaced()
+    if !cluster.network_faults()
         && let Some(f) = faults
             .iter()
             .find(|f| nemesis::NEEDS_NAMESPACES.contains(&f.as_str()))
     {
-        bail!("the {f} nemesis needs network namespaces (run as root, without --loopback)");
+        bail!("the {f} nemesis needs network namespaces or the proxy (not --loopback)");
+    }
+    if faults.iter().any(|f| f == "jump") {
+        let lib = cluster.enable_faketime()?;
+        println!(
+            "jepsen: every node runs with {} preloaded (jump nemesis)",
+            lib.display()
+        );
     }
     println!("jepsen: starting the cluster ({:?})", cluster.net);
     cluster.bootstrap().await.context("starting the cluster")?;
@@ -298,7 +323,12 @@ async fn run(
         args.clients,
     )
     .await?;
-    let clock_ms = if faults.iter().any(|f| f == "clock") {
+    let room = if args.room_clients > 0 {
+        Some(room::setup(&cluster, seed, args.ttl_secs).await?)
+    } else {
+        None
+    };
+    let clock_ms = if faults.iter().any(|f| f == "clock" || f == "jump") {
         nemesis::CLOCK_OFFSET_MAX_MS
     } else {
         0
@@ -313,6 +343,8 @@ async fn run(
         // the late side also covers the 100 ms tick and a commit under faults.
         early_tolerance_ms: 100 + clock_ms,
         late_tolerance_ms: 1500 + clock_ms,
+        room_performance: room.as_ref().map(|r| r.performance.clone()),
+        room_hold_ttl_ms: args.ttl_secs * 1000,
     };
     let run_file = RunFile {
         args: RunArgs {
@@ -339,6 +371,34 @@ async fn run(
             args.refund_ref_from_node,
         );
         procs.push(tokio::spawn(proc_.run(stop.clone())));
+    }
+    if let Some(room) = &room {
+        let next_buyer = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let slack = Duration::from_millis(clock_ms as u64);
+        for i in 0..args.room_clients as u32 {
+            let p = room::RoomProcess::new(
+                args.clients as u32 + i,
+                seed,
+                cluster.clone(),
+                room.clone(),
+                rec.clone(),
+                next_buyer.clone(),
+                slack,
+            );
+            procs.push(tokio::spawn(p.run(stop.clone())));
+        }
+        let open_after = Duration::from_secs((args.time_limit / 5).clamp(1, 6));
+        procs.push(tokio::spawn(room::open_after(
+            (args.clients + args.room_clients) as u32,
+            cluster.clone(),
+            room.clone(),
+            rec.clone(),
+            open_after,
+            start,
+            seed,
+            args.prequeue,
+            next_buyer,
+        )));
     }
     let log = std::fs::File::create(out.join("nemesis.jsonl"))?;
     let mut nem = nemesis::Nemesis::new(cluster.clone(), faults.clone(), seed, start, log);
@@ -369,7 +429,13 @@ async fn run(
         .context("healing the cluster")?;
     let (converged, nodes) = converge(&cluster, Duration::from_secs(60)).await;
     final_reads(&cluster, &cat, &rec, args.clients as u32).await;
-    let audit = audit(&cluster, &rec, converged, nodes).await;
+    let mut audit = audit(&cluster, &rec, converged, nodes).await;
+    audit.node_starts = cluster.starts_since(start);
+    if let Some(room) = &room {
+        let upto = audit.nodes.iter().map(|n| n.2).max().unwrap_or(0);
+        println!("jepsen: reading the change feed back (to index {upto})");
+        audit.feed = Some(room::read_feed(&cluster, &room.performance, upto).await);
+    }
     rec.flush();
     std::fs::write(out.join("audit.json"), serde_json::to_vec_pretty(&audit)?)?;
     cluster.teardown();

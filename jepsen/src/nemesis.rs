@@ -11,18 +11,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
     "kill",
     "pause",
     "partition",
     "netem",
     "clock",
+    "jump",
     "member",
     "snapshot",
     "wipe",
+    "corrupt",
     "transfer",
 ];
-/// Faults that need network namespaces.
+/// Faults that need network namespaces or the proxy.
 pub const NEEDS_NAMESPACES: [&str; 2] = ["partition", "netem"];
 /// The largest clock offset the clock nemesis gives a node (the checkers' tolerance grows by it).
 pub const CLOCK_OFFSET_MAX_MS: i64 = 2_000;
@@ -294,6 +296,45 @@ impl Nemesis {
                     "slot {t} restarted with its clock {offset:+} ms, then back to 0"
                 ))
             }
+            "jump" => {
+                // A live jump of one node's wall clock (libfaketime), the leader half the time.
+                let t = if self.rng.random_bool(0.5) {
+                    self.leader_or_random().await
+                } else {
+                    self.pick(&all)
+                };
+                let sign = if self.rng.random_bool(0.5) { 1 } else { -1 };
+                let offset = sign * self.rng.random_range(300..=CLOCK_OFFSET_MAX_MS);
+                c.set_fake_offset(t, offset)?;
+                sleep_unless(stop, hold).await;
+                c.set_fake_offset(t, 0)?;
+                Ok(format!(
+                    "slot {t}'s wall clock jumped {offset:+} ms while running (libfaketime), then back"
+                ))
+            }
+            "corrupt" => {
+                let f = self.followers().await?;
+                if f.is_empty() {
+                    bail!("no follower to corrupt");
+                }
+                let t = self.pick(&f);
+                c.kill(t)?;
+                let data = c.slot(t).dir.join("data");
+                let damage = corrupt_files(&data, &mut self.rng)?;
+                c.start(t)?;
+                match self.caught_up(t, Duration::from_secs(25)).await {
+                    Ok(()) => {
+                        sleep_unless(stop, hold / 2).await;
+                        Ok(format!("slot {t}: {damage}; it restarted and caught up"))
+                    }
+                    Err(why) => {
+                        let (old, new) = self.wipe_rejoin(t, stop, hold / 2).await?;
+                        Ok(format!(
+                            "slot {t}: {damage}; it did not come back ({why:#}), so node {old} was wiped and rejoined as node {new}"
+                        ))
+                    }
+                }
+            }
             "member" => {
                 let f = self.followers().await?;
                 if f.is_empty() {
@@ -314,7 +355,7 @@ impl Nemesis {
                     .context("removing a voter")?;
                 sleep_unless(stop, hold).await;
                 admin
-                    .add_learner(gone.id, &gone.grpc, &gone.http)
+                    .add_learner(gone.id, gone.peer_grpc(), gone.peer_http())
                     .await
                     .context("re-adding it as a learner")?;
                 admin
@@ -357,41 +398,9 @@ impl Nemesis {
                     bail!("no follower to wipe");
                 }
                 let t = self.pick(&f);
-                let old = c.slot(t);
-                c.kill(t)?;
-                let admin = c.admin().with_deadline(Duration::from_secs(10));
-                let voters: Vec<u64> = c
-                    .slots()
-                    .iter()
-                    .map(|s| s.id)
-                    .filter(|id| *id != old.id)
-                    .collect();
-                admin
-                    .change_membership(voters.clone())
-                    .await
-                    .context("removing the wiped node")?;
-                std::fs::remove_dir_all(old.dir.join("data"))
-                    .context("removing the data directory")?;
-                let new_id = self.next_id;
-                self.next_id += 1;
-                c.set_slot(t, |s| s.id = new_id);
-                c.start(t)?;
-                c.wait_healthy(t, Duration::from_secs(30)).await?;
-                sleep_unless(stop, hold / 2).await;
-                let s = c.slot(t);
-                admin
-                    .add_learner(new_id, &s.grpc, &s.http)
-                    .await
-                    .context("adding the new member")?;
-                let mut v = voters;
-                v.push(new_id);
-                admin
-                    .change_membership(v)
-                    .await
-                    .context("promoting the new member")?;
+                let (old, new_id) = self.wipe_rejoin(t, stop, hold / 2).await?;
                 Ok(format!(
-                    "slot {t}: node {} wiped, rejoined as node {new_id}",
-                    old.id
+                    "slot {t}: node {old} wiped, rejoined as node {new_id}"
                 ))
             }
             "transfer" => {
@@ -413,6 +422,181 @@ impl Nemesis {
     }
 }
 
+impl Nemesis {
+    /// Kill a slot, remove it from the membership, delete its data directory, restart it as
+    /// a new node id and add it back (learner, then voter). Returns (old id, new id).
+    async fn wipe_rejoin(
+        &mut self,
+        t: usize,
+        stop: &AtomicBool,
+        wait: Duration,
+    ) -> anyhow::Result<(u64, u64)> {
+        let c = self.cluster.clone();
+        let old = c.slot(t);
+        c.kill(t)?;
+        let admin = c.admin().with_deadline(Duration::from_secs(10));
+        let voters: Vec<u64> = c
+            .slots()
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| *id != old.id)
+            .collect();
+        admin
+            .change_membership(voters.clone())
+            .await
+            .context("removing the wiped node")?;
+        let data = old.dir.join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).context("removing the data directory")?;
+        }
+        let new_id = self.next_id;
+        self.next_id += 1;
+        c.set_slot(t, |s| s.id = new_id);
+        c.start(t)?;
+        c.wait_healthy(t, Duration::from_secs(30)).await?;
+        sleep_unless(stop, wait).await;
+        let s = c.slot(t);
+        admin
+            .add_learner(new_id, s.peer_grpc(), s.peer_http())
+            .await
+            .context("adding the new member")?;
+        let mut v = voters;
+        v.push(new_id);
+        admin
+            .change_membership(v)
+            .await
+            .context("promoting the new member")?;
+        Ok((old.id, new_id))
+    }
+
+    /// The slot answers /healthz and has applied what the leader had applied when we began.
+    async fn caught_up(&self, t: usize, deadline: Duration) -> anyhow::Result<()> {
+        let c = &self.cluster;
+        let start = Instant::now();
+        c.wait_healthy(t, deadline).await?;
+        let admin = c.admin().with_deadline(Duration::from_secs(3));
+        let id = c.slot(t).id;
+        let mut target = None;
+        loop {
+            if let Ok(s) = admin.status().await {
+                let leader_applied = s
+                    .nodes
+                    .iter()
+                    .find(|n| Some(n.id) == s.leader)
+                    .map(|n| n.applied_index);
+                if target.is_none() {
+                    target = leader_applied;
+                }
+                let mine = s.nodes.iter().find(|n| n.id == id).map(|n| n.applied_index);
+                if let (Some(want), Some(have)) = (target, mine)
+                    && have >= want
+                {
+                    return Ok(());
+                }
+            }
+            if !c.running(t) {
+                bail!(
+                    "it exited: {}",
+                    last_line(&c.slot(t).dir.join("ticketd.log"))
+                );
+            }
+            if start.elapsed() > deadline {
+                bail!("not caught up within {deadline:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The last error-looking line of a log (or its last line).
+fn last_line(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(200).collect();
+    lines
+        .iter()
+        .find(|l| l.contains("ERROR") || l.contains("Error") || l.contains("error"))
+        .or(lines.first())
+        .map(|l| l.chars().take(300).collect())
+        .unwrap_or_default()
+}
+
+/// Damage a stopped node's files, one of: flip bytes in the newest snapshot, flip bytes in
+/// the newest RocksDB table (SST) of the log, truncate the tail of the log's newest WAL, or
+/// cut the newest snapshot in half. Returns what was done.
+pub fn corrupt_files(data: &std::path::Path, rng: &mut StdRng) -> anyhow::Result<String> {
+    let newest = |dir: &std::path::Path, pred: &dyn Fn(&str) -> bool| {
+        let mut v: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().is_some_and(pred))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter(|(_, p)| std::fs::metadata(p).is_ok_and(|m| m.len() > 64))
+            .collect();
+        v.sort();
+        v.pop().map(|x| x.1)
+    };
+    let snap = newest(&data.join("snapshots"), &|n| {
+        n.starts_with("snap-") && n.ends_with(".bin")
+    });
+    let sst = newest(&data.join("log"), &|n| n.ends_with(".sst"));
+    let wal = newest(&data.join("log"), &|n| n.ends_with(".log"));
+    let mut choices: Vec<u8> = Vec::new();
+    if snap.is_some() {
+        choices.extend([0, 3]);
+    }
+    if sst.is_some() {
+        choices.push(1);
+    }
+    if wal.is_some() {
+        choices.push(2);
+    }
+    if choices.is_empty() {
+        bail!(
+            "no snapshot, table or WAL file to damage in {}",
+            data.display()
+        );
+    }
+    let what = choices[rng.random_range(0..choices.len())];
+    let flip = |path: &std::path::Path, rng: &mut StdRng| -> anyhow::Result<String> {
+        let mut bytes = std::fs::read(path)?;
+        let n = bytes.len();
+        let at = rng.random_range(n / 4..n - 16);
+        for b in &mut bytes[at..at + 16] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(path, &bytes)?;
+        Ok(format!(
+            "flipped 16 bytes at offset {at} of {} ({n} bytes)",
+            path.display()
+        ))
+    };
+    let truncate = |path: &std::path::Path, keep: u64| -> anyhow::Result<String> {
+        let len = std::fs::metadata(path)?.len();
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.set_len(keep)?;
+        f.sync_all()?;
+        Ok(format!(
+            "truncated {} from {len} to {keep} bytes",
+            path.display()
+        ))
+    };
+    match (what, snap, sst, wal) {
+        (0, Some(p), _, _) => flip(&p, rng),
+        (3, Some(p), _, _) => {
+            let len = std::fs::metadata(&p)?.len();
+            truncate(&p, len / 2)
+        }
+        (1, _, Some(p), _) => flip(&p, rng),
+        (2, _, _, Some(p)) => {
+            let len = std::fs::metadata(&p)?.len();
+            let cut = rng.random_range(1..=(len / 2).clamp(1, 4096));
+            truncate(&p, len - cut)
+        }
+        _ => bail!("no file of the chosen kind"),
+    }
+}
+
 /// Sleep, waking early when `stop` is set; `true` if it was.
 async fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
     let end = Instant::now() + d;
@@ -429,6 +613,7 @@ async fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
 pub async fn heal_everything(c: &Cluster) -> anyhow::Result<()> {
     c.heal_all()?;
     for s in 1..=c.len() {
+        let _ = c.set_fake_offset(s, 0);
         if !c.running(s) {
             c.start(s)?;
         }
@@ -453,7 +638,7 @@ pub async fn heal_everything(c: &Cluster) -> anyhow::Result<()> {
         for s in c.slots() {
             if !st.voters.contains(&s.id) {
                 admin
-                    .add_learner(s.id, &s.grpc, &s.http)
+                    .add_learner(s.id, s.peer_grpc(), s.peer_http())
                     .await
                     .context("restoring a member")?;
             }

@@ -20,10 +20,10 @@ pub const HOT_SECTION: &str = "H";
 pub const GA_SECTION: &str = "G";
 /// Deadline of one call over all its attempts: short, so faults turn into `info` outcomes
 /// rather than stalled clients.
-const CALL_DEADLINE: Duration = Duration::from_secs(3);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1200);
+pub const CALL_DEADLINE: Duration = Duration::from_secs(3);
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1200);
 /// Retries of one unknown outcome with its idempotency key before the client gives up on it.
-const RETRIES_MAX: u32 = 3;
+pub const RETRIES_MAX: u32 = 3;
 
 pub struct Catalog {
     pub performance: String,
@@ -409,6 +409,8 @@ impl Process {
                     Err(e) => classify(e),
                 }
             }
+            // The waiting room's operations are the room clients' (room.rs).
+            _ => Completion::Info("not a seat-workload operation".into()),
         }
     }
 
@@ -438,7 +440,7 @@ fn outcome<T>(r: client::Result<T>, f: impl FnOnce(T) -> Value) -> Completion {
 }
 
 /// A 4xx is the cluster's definite answer; anything else leaves the outcome unknown.
-fn classify(e: client::Error) -> Completion {
+pub fn classify(e: client::Error) -> Completion {
     match e.problem() {
         Some(p) if p.status < 500 => Completion::Fail(p.code.clone()),
         _ => Completion::Info(e.to_string().chars().take(200).collect()),

@@ -1,6 +1,8 @@
 //! The checkers: each reads the history (and the final audit of the cluster) and says valid,
 //! invalid (with the evidence) or unknown.
 
+pub mod reads;
+pub mod room;
 pub mod seat_lin;
 
 use crate::history::{Completion, Logical, Op, Value};
@@ -21,6 +23,11 @@ pub struct Params {
     pub early_tolerance_ms: i64,
     /// …and must be gone for writes this long after it (tick, commit, clock offsets).
     pub late_tolerance_ms: i64,
+    /// The waiting-room performance (`None`: no room workload in this run).
+    #[serde(default)]
+    pub room_performance: Option<String>,
+    #[serde(default)]
+    pub room_hold_ttl_ms: u64,
 }
 
 /// The cluster's state read back after the run, once every fault was healed.
@@ -32,6 +39,14 @@ pub struct Audit {
     pub converged: bool,
     /// (node id, role, applied index, state hash) of every member.
     pub nodes: Vec<(u64, String, u64, String)>,
+    /// The waiting-room performance's changes from the feed, read back after the run (or why
+    /// they could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<Result<Vec<api::feed::FeedChange>, String>>,
+    /// (slot, µs since the run started) of every node process start during the workload: a
+    /// restarted node may serve older stale reads than before.
+    #[serde(default)]
+    pub node_starts: Vec<(usize, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,11 +103,14 @@ const PROBLEMS_SHOWN: usize = 20;
 pub fn check_all(ops: &[Logical], params: &Params, audit: Option<&Audit>) -> Results {
     let mut checks = vec![
         seat_linearizability(ops, params),
+        reads::linearizable_reads(ops, params),
+        reads::stale_reads(ops, params, audit.map(|a| a.node_starts.as_slice())),
         idempotency(ops),
         ga_capacity(ops, params),
     ];
     match audit {
         Some(a) => {
+            checks.push(room::check(ops, params, a.feed.as_ref()));
             checks.push(acknowledged_not_lost(ops, params, a));
             checks.push(no_double_sale(ops, a));
             checks.push(final_state_hashes(a));
@@ -751,11 +769,11 @@ fn final_state_hashes(a: &Audit) -> CheckResult {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
-    use crate::history::{Entry, Type, logical};
+    use crate::history::{Entry, Type};
 
-    fn params() -> Params {
+    pub fn params() -> Params {
         Params {
             start_wall_ms: 1_000_000,
             hold_ttl_ms: 10_000,
@@ -763,10 +781,12 @@ mod tests {
             ga_capacity: 4,
             early_tolerance_ms: 100,
             late_tolerance_ms: 1500,
+            room_performance: None,
+            room_hold_ttl_ms: 0,
         }
     }
 
-    fn entry(
+    pub fn entry(
         kind: Type,
         id: u64,
         at_ms: u64,
@@ -786,6 +806,14 @@ mod tests {
             retry_of,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Type, logical};
+
+    use super::tests_support::{entry, params};
 
     fn hold_value(id: &str, qty: u32) -> Value {
         Value::Hold {
