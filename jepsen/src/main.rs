@@ -101,6 +101,10 @@ struct RunArgs {
     /// Keep the nodes' data directories (they are kept anyway when the run is invalid).
     #[arg(long)]
     keep_data: bool,
+    /// The corrupt nemesis may also truncate the WAL's tail (lost acknowledged writes).
+    #[arg(long)]
+    #[serde(default)]
+    corrupt_wal: bool,
     /// Clients of the waiting-room workload (0: none). Each serves one buyer after another.
     #[arg(long, default_value_t = 3)]
     #[serde(default = "default_room_clients")]
@@ -402,6 +406,7 @@ async fn run(
     }
     let log = std::fs::File::create(out.join("nemesis.jsonl"))?;
     let mut nem = nemesis::Nemesis::new(cluster.clone(), faults.clone(), seed, start, log);
+    nem.corrupt_wal = args.corrupt_wal;
     let nem_stop = stop.clone();
     let nem_task = tokio::spawn(async move {
         nem.run(nem_stop).await;

@@ -67,6 +67,8 @@ pub struct Nemesis {
     pub log: std::fs::File,
     /// The next Raft id for a node that rejoins with a wiped data directory.
     pub next_id: u64,
+    /// `corrupt` may also truncate the WAL's tail (`--corrupt-wal`).
+    pub corrupt_wal: bool,
 }
 
 impl Nemesis {
@@ -86,6 +88,7 @@ impl Nemesis {
             bands: Vec::new(),
             log,
             next_id,
+            corrupt_wal: false,
         }
     }
 
@@ -320,7 +323,7 @@ impl Nemesis {
                 let t = self.pick(&f);
                 c.kill(t)?;
                 let data = c.slot(t).dir.join("data");
-                let damage = corrupt_files(&data, &mut self.rng)?;
+                let damage = corrupt_files(&data, &mut self.rng, self.corrupt_wal)?;
                 c.start(t)?;
                 match self.caught_up(t, Duration::from_secs(25)).await {
                     Ok(()) => {
@@ -523,7 +526,11 @@ fn last_line(path: &std::path::Path) -> String {
 /// Damage a stopped node's files, one of: flip bytes in the newest snapshot, flip bytes in
 /// the newest RocksDB table (SST) of the log, truncate the tail of the log's newest WAL, or
 /// cut the newest snapshot in half. Returns what was done.
-pub fn corrupt_files(data: &std::path::Path, rng: &mut StdRng) -> anyhow::Result<String> {
+pub fn corrupt_files(
+    data: &std::path::Path,
+    rng: &mut StdRng,
+    wal: bool,
+) -> anyhow::Result<String> {
     let newest = |dir: &std::path::Path, pred: &dyn Fn(&str) -> bool| {
         let mut v: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
             .into_iter()
@@ -540,7 +547,7 @@ pub fn corrupt_files(data: &std::path::Path, rng: &mut StdRng) -> anyhow::Result
         n.starts_with("snap-") && n.ends_with(".bin")
     });
     let sst = newest(&data.join("log"), &|n| n.ends_with(".sst"));
-    let wal = newest(&data.join("log"), &|n| n.ends_with(".log"));
+    let wal_file = newest(&data.join("log"), &|n| n.ends_with(".log"));
     let mut choices: Vec<u8> = Vec::new();
     if snap.is_some() {
         choices.extend([0, 3]);
@@ -548,6 +555,10 @@ pub fn corrupt_files(data: &std::path::Path, rng: &mut StdRng) -> anyhow::Result
     if sst.is_some() {
         choices.push(1);
     }
+    // A truncated WAL loses log entries the node had acknowledged (fsync'd): a disk that lies.
+    // openraft's leader then panics on the follower's log reversion (see jepsen/README.md),
+    // so this one is opt-in.
+    let wal = wal.then_some(wal_file).flatten();
     if wal.is_some() {
         choices.push(2);
     }
@@ -612,6 +623,23 @@ async fn sleep_unless(stop: &AtomicBool, d: Duration) -> bool {
 /// After the run: every fault healed, every slot running and a voter.
 pub async fn heal_everything(c: &Cluster) -> anyhow::Result<()> {
     c.heal_all()?;
+    // A node whose Raft core panicked answers every call with `panicked` but keeps running:
+    // restart it, as a supervisor would, and say so.
+    for s in 1..=c.len() {
+        if !c.running(s) {
+            continue;
+        }
+        let one = client::Client::new([c.node_url(s)])
+            .with_key(c.admin_key.clone())
+            .with_deadline(Duration::from_secs(3));
+        if let Err(e) = one.status().await
+            && e.to_string().contains("panicked")
+        {
+            println!("jepsen: node slot {s}'s Raft core had panicked ({e}); restarting it");
+            c.kill(s)?;
+            c.start(s)?;
+        }
+    }
     for s in 1..=c.len() {
         let _ = c.set_fake_offset(s, 0);
         if !c.running(s) {

@@ -235,6 +235,11 @@ impl RoomProcess {
             let key = self.key();
             self.perform(Op::Join { buyer, key }).await?;
         }
+        if self.rng.random_bool(0.3) {
+            // At once, before any admission could be seen: refused unless it came meanwhile.
+            let key = self.key();
+            self.hold_and_release(key, false).await?;
+        }
         let start = Instant::now();
         let until_ms = loop {
             if stop.load(Ordering::Relaxed) || start.elapsed() > PATIENCE {
@@ -242,7 +247,7 @@ impl RoomProcess {
             }
             let wait = self.rng.random_range(150..400);
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            if self.rng.random_bool(0.08) {
+            if self.rng.random_bool(0.15) {
                 // Not admitted (as far as this buyer knows): a hold must be refused unless
                 // the admission came meanwhile.
                 let key = self.key();
