@@ -220,7 +220,7 @@ fn main() {
         Op::ConfirmHold {
             hold: h1,
             payment_ref: "p1".into(),
-            codes: vec![[1; 16], [2; 16], [3; 16]],
+            code_seed: [1; 16],
         },
     );
     run(
@@ -229,7 +229,7 @@ fn main() {
         Op::ConfirmHold {
             hold: h2,
             payment_ref: "p2".into(),
-            codes: vec![[4; 16], [5; 16]],
+            code_seed: [4; 16],
         },
     );
     write("sale", &l);

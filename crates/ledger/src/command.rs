@@ -109,11 +109,12 @@ pub enum Op {
         hold: HoldId,
         payment_ref: String,
     },
-    /// Turn a live hold into a booking; one random check-in code per ticket.
+    /// Turn a live hold into a booking. The tickets' check-in codes are derived from
+    /// `code_seed`, drawn at random by the proposer (see [`CodeSeed`]).
     ConfirmHold {
         hold: HoldId,
         payment_ref: String,
-        codes: Vec<CheckInCode>,
+        code_seed: CodeSeed,
     },
     /// The written rule for a payment that lands after its hold expired: book the same seats
     /// if every one is still free, else reject (and the payment service refunds at once).
@@ -121,7 +122,7 @@ pub enum Op {
     ConfirmLate {
         hold: HoldId,
         payment_ref: String,
-        codes: Vec<CheckInCode>,
+        code_seed: CodeSeed,
     },
     /// The payments service records what happened to the money of a hold in checkout
     /// (extended with `payment_ref`). `Failed` and `Refunded` release the hold if it is live.

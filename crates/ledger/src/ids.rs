@@ -165,8 +165,14 @@ pub enum Principal {
 
 /// A 32-byte digest (password hash material, API key digest, seed commitment).
 pub type Digest32 = [u8; 32];
-/// An unguessable ticket check-in code, chosen at random by the proposer.
+/// An unguessable ticket check-in code, derived from the [`CodeSeed`] of the confirm that
+/// made the ticket.
 pub type CheckInCode = [u8; 16];
+/// Random bytes the proposer of a confirm draws; the ledger derives the tickets' check-in
+/// codes from them. One seed, not one code per ticket: the proposer does not need to know how
+/// many tickets the hold makes (it would have to read the hold first, and a lagging replica
+/// reads a wrong count), and a retried confirm drawn with another seed is the same request.
+pub type CodeSeed = [u8; 16];
 
 /// Render bytes as lower-case hex (codes, digests).
 pub fn hex(bytes: &[u8]) -> String {

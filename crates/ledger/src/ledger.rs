@@ -7,7 +7,7 @@ use crate::ids::*;
 use crate::limits::*;
 use crate::outcome::*;
 use crate::state::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 type Result<T> = std::result::Result<T, Rejection>;
 
@@ -241,13 +241,13 @@ impl Ledger {
             Op::ConfirmHold {
                 hold,
                 payment_ref,
-                codes,
-            } => self.confirm_hold(p, hold, payment_ref, codes),
+                code_seed,
+            } => self.confirm_hold(p, hold, payment_ref, code_seed),
             Op::ConfirmLate {
                 hold,
                 payment_ref,
-                codes,
-            } => self.confirm_late(p, hold, payment_ref, codes),
+                code_seed,
+            } => self.confirm_late(p, hold, payment_ref, code_seed),
             Op::RecordPayment {
                 hold,
                 payment_ref,
@@ -1276,7 +1276,7 @@ impl Ledger {
         p: Principal,
         id: HoldId,
         payment_ref: String,
-        codes: Vec<CheckInCode>,
+        code_seed: CodeSeed,
     ) -> Result<Reply> {
         self.require(p, &[Role::Service, Role::Operator], "confirm holds")?;
         let Some(hold) = self.s.holds.get(&id) else {
@@ -1284,7 +1284,12 @@ impl Ledger {
         };
         live_state(hold)?;
         check_checkout_payment(hold, &payment_ref)?;
-        self.validate_booking(hold, &payment_ref, &codes)?;
+        self.validate_booking(&payment_ref)?;
+        let codes = derive_codes(
+            &code_seed,
+            hold.quantity() as usize,
+            &self.ix.ticket_by_code,
+        );
         // Valid: mutate.
         let quantity = u64::from(hold.quantity());
         let booking_id = BookingId(self.next_id());
@@ -1412,32 +1417,9 @@ impl Ledger {
         Ok(Reply::BookingConfirmed(receipt))
     }
 
-    /// What a booking needs beyond a live hold: a reference and one fresh code per ticket.
-    fn validate_booking(
-        &self,
-        hold: &Hold,
-        payment_ref: &str,
-        codes: &[CheckInCode],
-    ) -> Result<()> {
+    /// What a booking needs beyond a live hold: a reference, and room for it.
+    fn validate_booking(&self, payment_ref: &str) -> Result<()> {
         check_text("payment_ref", payment_ref, 1, MAX_REF_LEN)?;
-        if codes.len() != hold.quantity() as usize {
-            return reject(
-                Code::InvalidInput,
-                format!(
-                    "give one check-in code per ticket: {} expected, {} given",
-                    hold.quantity(),
-                    codes.len()
-                ),
-            );
-        }
-        for (i, code) in codes.iter().enumerate() {
-            if codes[..i].contains(code) || self.ix.ticket_by_code.contains_key(code) {
-                return reject(
-                    Code::AlreadyExists,
-                    "a check-in code is reused; draw new random codes",
-                );
-            }
-        }
         if self.s.bookings.len() >= MAX_BOOKINGS {
             return reject(Code::LimitExceeded, "too many bookings");
         }
@@ -1449,7 +1431,7 @@ impl Ledger {
         p: Principal,
         id: HoldId,
         payment_ref: String,
-        codes: Vec<CheckInCode>,
+        code_seed: CodeSeed,
     ) -> Result<Reply> {
         self.require(p, &[Role::Service, Role::Operator], "confirm holds")?;
         let Some(hold) = self.s.holds.get(&id) else {
@@ -1495,7 +1477,7 @@ impl Ledger {
                 "the places were taken after the hold expired; refund the payment",
             );
         }
-        self.validate_booking(hold, &payment_ref, &codes)?;
+        self.validate_booking(&payment_ref)?;
         // Valid: put the seats back under the hold, then confirm it exactly as a live one.
         let revived_until_ms = self.s.clock_ms + 1;
         let State {
@@ -1526,7 +1508,7 @@ impl Ledger {
             .entry((hold.performance, hold.buyer))
             .or_default() += 1;
         self.ix.live_hold_count += 1;
-        let reply = self.confirm_hold(p, id, payment_ref, codes);
+        let reply = self.confirm_hold(p, id, payment_ref, code_seed);
         assert!(
             reply.is_ok(),
             "confirm of a validated revived hold failed: {reply:?}"
@@ -2181,28 +2163,62 @@ fn close_room(
 }
 
 /// What identifies a request for idempotency: a digest of its canonical encoding. Values the
-/// proposer draws at random (check-in codes) are not the client's request, so they are left
-/// out: a retry drawn with new codes is the same request.
+/// proposer draws at random (the check-in code seed) are not the client's request, so they are
+/// left out: a retry drawn with a new seed is the same request.
 fn fingerprint(op: &Op) -> [u8; 16] {
-    let bytes = match op {
+    let normalized;
+    let op = match op {
         Op::ConfirmHold {
-            hold,
-            payment_ref,
-            codes,
+            hold, payment_ref, ..
         } => {
-            let normalized = Op::ConfirmHold {
+            normalized = Op::ConfirmHold {
                 hold: *hold,
                 payment_ref: payment_ref.clone(),
-                codes: vec![[0; 16]; codes.len()],
+                code_seed: [0; 16],
             };
-            postcard::to_stdvec(&normalized)
+            &normalized
         }
-        _ => postcard::to_stdvec(op),
-    }
-    .expect("ops always encode");
+        Op::ConfirmLate {
+            hold, payment_ref, ..
+        } => {
+            normalized = Op::ConfirmLate {
+                hold: *hold,
+                payment_ref: payment_ref.clone(),
+                code_seed: [0; 16],
+            };
+            &normalized
+        }
+        other => other,
+    };
+    let bytes = postcard::to_stdvec(op).expect("ops always encode");
     let mut out = [0u8; 16];
     out.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
     out
+}
+
+/// The check-in codes of a booking of `n` tickets: `blake3(seed, i)` for i = 0, 1, ...,
+/// skipping any code a ticket already has, so they are unique and every replica derives the
+/// same ones.
+fn derive_codes(
+    seed: &CodeSeed,
+    n: usize,
+    taken: &HashMap<CheckInCode, (BookingId, u32)>,
+) -> Vec<CheckInCode> {
+    let mut codes: Vec<CheckInCode> = Vec::with_capacity(n);
+    let mut i: u64 = 0;
+    while codes.len() < n {
+        let mut h = blake3::Hasher::new();
+        h.update(b"ticketledger check-in code v1");
+        h.update(seed);
+        h.update(&i.to_le_bytes());
+        let mut code = [0u8; 16];
+        code.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        if !taken.contains_key(&code) && !codes.contains(&code) {
+            codes.push(code);
+        }
+        i += 1;
+    }
+    codes
 }
 
 /// Count of idempotency records per principal (for tests and metrics).

@@ -261,7 +261,7 @@ fn a_hold_expires_by_ledger_time_for_every_read_and_write() {
             Op::ConfirmHold {
                 hold: h,
                 payment_ref: "late".into(),
-                codes: vec![[1; 16], [2; 16]],
+                code_seed: [1; 16],
             }
         )
         .code(),
@@ -695,7 +695,7 @@ fn a_checkout_lives_in_the_ledger_until_the_payment_is_settled() {
         Op::ConfirmHold {
             hold: h1,
             payment_ref: "other".into(),
-            codes: vec![[9; 16]],
+            code_seed: [9; 16],
         },
         Code::InvalidState,
     );
@@ -752,7 +752,7 @@ fn a_checkout_lives_in_the_ledger_until_the_payment_is_settled() {
         Op::ConfirmLate {
             hold: h3,
             payment_ref: "r3".into(),
-            codes: vec![[3; 16]],
+            code_seed: [3; 16],
         },
     );
     assert_eq!(f.l.state().holds[&h3].checkout, Some(Checkout::Booked));
@@ -768,7 +768,7 @@ fn a_checkout_lives_in_the_ledger_until_the_payment_is_settled() {
         Op::ConfirmLate {
             hold: h4,
             payment_ref: "r4".into(),
-            codes: vec![[4; 16]],
+            code_seed: [4; 16],
         },
         Code::SeatUnavailable,
     );
@@ -800,6 +800,76 @@ fn a_checkout_lives_in_the_ledger_until_the_payment_is_settled() {
     let back = Ledger::restore(&snap).unwrap();
     assert_eq!(back.state_hash(), f.l.state_hash());
     assert!(back.ix_open_checkouts().contains(&h5));
+}
+
+/// The payments service retries a confirm under the same idempotency key when an answer is
+/// lost; the node that proposes the retry draws a new check-in code seed. The retry is the
+/// same request: it gets the first booking, never a conflict (which the service would take as
+/// a refusal, and refund a booked order).
+#[test]
+fn a_confirm_retried_with_a_new_code_seed_gets_the_first_booking() {
+    let mut f = fix();
+    let svc = f.svc;
+    let keyed = |f: &mut Fix, op: Op, key: &str| {
+        f.i += 1;
+        let o = f.l.apply(f.i, Command::new(f.now, svc, op).with_key(key));
+        f.l.check_invariants().unwrap();
+        o
+    };
+    let checkout = |f: &mut Fix, h: HoldId, r: &str| {
+        f.step(
+            svc,
+            Op::ExtendHold {
+                hold: h,
+                payment_ref: r.into(),
+            },
+        );
+        f.step(
+            svc,
+            Op::RecordPayment {
+                hold: h,
+                payment_ref: r.into(),
+                event: PaymentEvent::Captured {
+                    provider_ref: format!("cap-{r}"),
+                },
+            },
+        );
+    };
+    // A live hold.
+    let h1 = f.hold(0, &[1, 2]);
+    checkout(&mut f, h1, "pay-1");
+    let confirm = |seed: u8| Op::ConfirmHold {
+        hold: h1,
+        payment_ref: "pay-1".into(),
+        code_seed: [seed; 16],
+    };
+    let first = keyed(&mut f, confirm(1), "c1");
+    let Outcome::Ok(Reply::BookingConfirmed(b)) = &first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(b.tickets.len(), 2);
+    assert_eq!(keyed(&mut f, confirm(2), "c1"), first);
+    // A hold booked after it expired (the written rule).
+    let h2 = f.hold(0, &[3]);
+    checkout(&mut f, h2, "pay-2");
+    f.now = f.l.state().holds[&h2].expires_at_ms;
+    f.tick();
+    let late = |seed: u8| Op::ConfirmLate {
+        hold: h2,
+        payment_ref: "pay-2".into(),
+        code_seed: [seed; 16],
+    };
+    let first = keyed(&mut f, late(1), "c2");
+    assert!(
+        matches!(first, Outcome::Ok(Reply::BookingConfirmed(_))),
+        "{first:?}"
+    );
+    assert_eq!(keyed(&mut f, late(9), "c2"), first);
+    // The same key with another hold is still a conflict.
+    assert_eq!(
+        keyed(&mut f, late(1), "c1").code(),
+        Some(Code::IdempotencyConflict)
+    );
 }
 
 #[test]

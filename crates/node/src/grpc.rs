@@ -88,19 +88,6 @@ impl LedgerService {
             .map(hold_pb)
     }
 
-    /// One random check-in code per seat of the hold, drawn here on the proposer.
-    async fn codes_for(&self, hold: HoldId) -> std::result::Result<Vec<CheckInCode>, ApiError> {
-        let n = self
-            .app
-            .read(Consistency::Stale, |l| {
-                l.state().holds.get(&hold).map(|h| h.quantity())
-            })
-            .await?;
-        Ok((0..n.unwrap_or(0))
-            .map(|_| rand::random::<CheckInCode>())
-            .collect())
-    }
-
     /// A hold's checkout as its buyer, a service or an operator may see it.
     async fn checkout(
         &self,
@@ -492,15 +479,6 @@ impl pb::ledger_server::Ledger for LedgerService {
         let p = self.principal(&req).await?;
         let r = req.into_inner();
         let hold: HoldId = parse_id(&r.hold_id, "hold")?;
-        let n = self
-            .app
-            .read(Consistency::Stale, |l| {
-                l.state().holds.get(&hold).map(|h| h.quantity())
-            })
-            .await?;
-        let codes = (0..n.unwrap_or(0))
-            .map(|_| rand::random::<CheckInCode>())
-            .collect();
         match self
             .write(
                 p,
@@ -508,7 +486,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                 Op::ConfirmHold {
                     hold,
                     payment_ref: r.payment_ref,
-                    codes,
+                    code_seed: rand::random::<CodeSeed>(),
                 },
             )
             .await?
@@ -959,11 +937,10 @@ impl pb::ledger_server::Ledger for LedgerService {
         let p = self.principal(&req).await?;
         let r = req.into_inner();
         let hold: HoldId = parse_id(&r.hold_id, "hold")?;
-        let codes = self.codes_for(hold).await?;
         let op = Op::ConfirmLate {
             hold,
             payment_ref: r.payment_ref,
-            codes,
+            code_seed: rand::random::<CodeSeed>(),
         };
         match self.write(p, &r.request_id, op).await? {
             Reply::BookingConfirmed(b) => Ok(Response::new(

@@ -706,25 +706,18 @@ async fn book(
 ) -> Result<Response> {
     let hold: HoldId = parse_id(id, "hold")?;
     let principal = authenticate(app, headers).await?;
-    let quantity = app
-        .read(Consistency::Stale, |l| {
-            l.state().holds.get(&hold).map(|h| h.quantity())
-        })
-        .await?;
-    let codes = (0..quantity.unwrap_or(0))
-        .map(|_| rand::random::<CheckInCode>())
-        .collect();
+    let code_seed = rand::random::<CodeSeed>();
     let op = if late {
         Op::ConfirmLate {
             hold,
             payment_ref,
-            codes,
+            code_seed,
         }
     } else {
         Op::ConfirmHold {
             hold,
             payment_ref,
-            codes,
+            code_seed,
         }
     };
     match write_as(app, headers, principal, op).await? {

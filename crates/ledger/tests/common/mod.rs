@@ -130,18 +130,18 @@ impl Fix {
     }
 
     pub fn confirm(&mut self, hold: HoldId, n: usize) -> BookingReceipt {
-        let codes = (0..n)
-            .map(|k| ((self.i as u128) << 8 | k as u128).to_le_bytes())
-            .collect();
         match self.ok(
             self.svc,
             Op::ConfirmHold {
                 hold,
                 payment_ref: "pay".into(),
-                codes,
+                code_seed: (self.i as u128).to_le_bytes(),
             },
         ) {
-            Reply::BookingConfirmed(b) => b,
+            Reply::BookingConfirmed(b) => {
+                assert_eq!(b.tickets.len(), n, "one ticket per seat of the hold");
+                b
+            }
             r => panic!("{r:?}"),
         }
     }
