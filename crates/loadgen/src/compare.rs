@@ -42,6 +42,10 @@ pub struct Summary {
     pub conflict: u64,
     pub pushed_back: u64,
     pub failed: u64,
+    /// CPU µs per completed request summed over the watched server processes (0: none
+    /// watched), and the loadgen's own.
+    pub server_cpu_us_per_completed: f64,
+    pub loadgen_cpu_us_per_completed: f64,
     pub notes: Vec<String>,
 }
 
@@ -68,8 +72,46 @@ fn summary(r: &RunResult) -> Summary {
         conflict: r.counts.conflict,
         pushed_back: r.counts.pushed_back(),
         failed: r.counts.failed(),
+        server_cpu_us_per_completed: server_cpu(r),
+        loadgen_cpu_us_per_completed: r
+            .cpu
+            .iter()
+            .find(|c| c.process == "loadgen")
+            .map_or(0.0, |c| c.us_per_completed),
         notes: r.notes.clone(),
     }
+}
+
+fn server_cpu(r: &RunResult) -> f64 {
+    let sum: f64 = r
+        .cpu
+        .iter()
+        .filter(|c| c.process != "loadgen")
+        .map(|c| c.us_per_completed)
+        .sum();
+    (sum * 10.0).round() / 10.0
+}
+
+/// `cpu µs per completed: n1 leader 61.2 (0.85 cores), ...`, when CPU was measured.
+pub fn cpu_line(r: &RunResult) -> Option<String> {
+    if r.cpu.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = r
+        .cpu
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {:.1} ({:.2} cores)",
+                c.process, c.us_per_completed, c.cores
+            )
+        })
+        .collect();
+    Some(format!(
+        "cpu µs per completed request: {}; servers together {:.1}",
+        parts.join(", "),
+        server_cpu(r)
+    ))
 }
 
 fn ratio(num: f64, den: f64) -> f64 {
@@ -141,7 +183,7 @@ pub fn table(cs: &[WorkloadComparison]) -> String {
         let _ = writeln!(out, "\nworkload {}", c.workload);
         let _ = writeln!(
             out,
-            "{:<13} {:>16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} | {:>12} {:>10}",
+            "{:<13} {:>16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} | {:>12} {:>10}",
             "system",
             "load",
             "done/s",
@@ -150,6 +192,7 @@ pub fn table(cs: &[WorkloadComparison]) -> String {
             "p999 ms",
             "conflict%",
             "errors",
+            "cpu µs/op",
             "tput ratio",
             "p99 ratio"
         );
@@ -170,7 +213,7 @@ pub fn table(cs: &[WorkloadComparison]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<13} {:>16} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>8} | {:>12} {:>10}",
+                "{:<13} {:>16} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>8} {:>10} | {:>12} {:>10}",
                 s.system,
                 load,
                 s.throughput_per_s,
@@ -179,12 +222,17 @@ pub fn table(cs: &[WorkloadComparison]) -> String {
                 s.p999_us as f64 / 1000.0,
                 conflict,
                 s.pushed_back + s.failed,
+                if s.server_cpu_us_per_completed > 0.0 {
+                    format!("{:.1}", s.server_cpu_us_per_completed)
+                } else {
+                    "-".into()
+                },
                 t,
                 p
             );
         }
     }
-    out.push_str("\nratios are ticketledger ÷ peer: throughput above 1 and p99 below 1 favour ticketledger (dev profile)\n");
+    out.push_str("\nratios are ticketledger ÷ peer: throughput above 1 and p99 below 1 favour ticketledger (dev profile); cpu µs/op: the watched server processes' CPU per completed request\n");
     out
 }
 
@@ -310,6 +358,7 @@ mod tests {
             per_second: Vec::new(),
             watched_pids: Vec::new(),
             rss_max_kib: Vec::new(),
+            cpu: Vec::new(),
             notes: Vec::new(),
             profile: "dev".into(),
         }

@@ -104,6 +104,12 @@ struct RunArgs {
     tl_key: Option<String>,
     #[arg(long, value_enum, default_value = "leader")]
     tl_target: systems::ticketledger::Target,
+    /// How writes reach ticketledger: HTTP/1.1 JSON or gRPC (HTTP/2).
+    #[arg(long, value_enum, default_value = "http")]
+    tl_protocol: systems::ticketledger::Protocol,
+    /// gRPC connections per target node (requests are multiplexed over them).
+    #[arg(long, default_value_t = 4)]
+    tl_grpc_connections: usize,
     /// Watch the RSS of every ticketd of --cluster-dir.
     #[arg(long)]
     watch_cluster: bool,
@@ -268,13 +274,21 @@ async fn run_command(a: RunArgs) -> anyhow::Result<()> {
         run::Mode::Open { max_inflight, .. } => max_inflight.min(1024),
     };
     let mut watch = a.watch_pids.clone();
+    let mut labels: Vec<String> = watch.iter().map(|p| format!("pid {p}")).collect();
+    let mut node_of_label: Vec<Option<u64>> = vec![None; watch.len()];
     let system = match a.system {
         SystemKind::Ticketledger => {
             let (urls, key) = match (&a.cluster_dir, a.tl_urls.is_empty()) {
                 (Some(dir), true) => {
                     let c = client::dev::DevCluster::load(dir)?;
                     if a.watch_cluster {
-                        watch.extend(c.nodes.iter().filter_map(|n| c.pid(n.id)).map(|p| p as u32));
+                        for n in &c.nodes {
+                            if let Some(p) = c.pid(n.id) {
+                                watch.push(p as u32);
+                                labels.push(format!("n{}", n.id));
+                                node_of_label.push(Some(n.id));
+                            }
+                        }
                     }
                     (
                         c.nodes.iter().map(|n| n.http.clone()).collect(),
@@ -294,6 +308,8 @@ async fn run_command(a: RunArgs) -> anyhow::Result<()> {
                 admin_key: key,
                 target: a.tl_target,
                 connections,
+                protocol: a.tl_protocol,
+                grpc_connections: a.tl_grpc_connections.clamp(1, 256),
             };
             System::Ticketledger(
                 systems::ticketledger::Ticketledger::setup(o, &plan, timeout).await?,
@@ -313,6 +329,17 @@ async fn run_command(a: RunArgs) -> anyhow::Result<()> {
             System::Redis(systems::redis::Redis::setup(url, a.redis_connections, &plan).await?)
         }
     };
+    if let System::Ticketledger(t) = &system {
+        for (label, node) in labels.iter_mut().zip(&node_of_label) {
+            if let Some(id) = node {
+                label.push_str(if *id == t.leader {
+                    " leader"
+                } else {
+                    " follower"
+                });
+            }
+        }
+    }
     let what = match mode {
         run::Mode::Closed { clients } => format!("closed loop, {clients} clients"),
         run::Mode::Open { rate_per_s, .. } => format!("open loop, {rate_per_s}/s"),
@@ -330,10 +357,14 @@ async fn run_command(a: RunArgs) -> anyhow::Result<()> {
         duration,
         timeout,
         watch_pids: watch,
+        watch_labels: labels,
         seed: a.seed,
     };
     let result = run::run(system, Generator::new(plan), cfg, a.workload.name()).await;
     println!("{}", compare::summary_line(&result));
+    if let Some(line) = compare::cpu_line(&result) {
+        println!("{line}");
+    }
     if let Some(p) = &a.json {
         write_file(p, &serde_json::to_vec_pretty(&result)?)?;
     }

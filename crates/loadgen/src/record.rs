@@ -157,6 +157,11 @@ pub struct RunResult {
     pub watched_pids: Vec<u32>,
     #[serde(default)]
     pub rss_max_kib: Vec<u64>,
+    /// CPU time over the measured window of each watched process and of the loadgen itself
+    /// (the last entry), and per completed request: robust to a shared machine, unlike
+    /// throughput.
+    #[serde(default)]
+    pub cpu: Vec<CpuUse>,
     /// Free-form facts about the system under test (durability settings, endpoints, ...).
     pub notes: Vec<String>,
     /// Build profile of the loadgen (and, in the scripts, of ticketd): always `dev` here.
@@ -295,6 +300,43 @@ impl Recorder {
     }
 }
 
+/// One process's CPU over the measured window (user + system time from /proc/<pid>/stat).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// `pid <n> (<comm>)`, or `loadgen` for this process.
+    pub process: String,
+    pub pid: u32,
+    /// CPU seconds (user + system) spent in the window.
+    pub cpu_s: f64,
+    /// Average cores used over the window (`cpu_s` ÷ window).
+    pub cores: f64,
+    /// CPU microseconds per completed request (`cpu_s` ÷ ok + conflict).
+    pub us_per_completed: f64,
+}
+
+/// Clock ticks per second of /proc's utime and stime (USER_HZ: 100 on every Linux ABI this
+/// runs on; reading it needs sysconf, i.e. unsafe code, which this crate forbids).
+const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// User + system CPU time of a whole process (every thread), seconds; None if it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state (3), ..., utime (14), stime (15) in proc(5)'s numbering.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / CLOCK_TICKS_PER_S)
+}
+
+/// A process's command name (`/proc/<pid>/comm`), for labels.
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// Resident set size of a process from /proc, KiB (None if it is gone).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -342,6 +384,26 @@ mod tests {
             "the timeout ends past the window"
         );
         assert_eq!(secs[0].pushed_back, 2);
+    }
+
+    #[test]
+    fn cpu_of_this_process_is_read_from_proc() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).expect("own /proc stat");
+        // Spin until the kernel has charged us 50 ms (the machine may be shared: no wall
+        // time bound on how fast that happens, only a generous deadline).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        let mut after = before;
+        while after - before < 0.05 && std::time::Instant::now() < deadline {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            after = cpu_seconds(pid).expect("own /proc stat");
+        }
+        assert!(after - before >= 0.05, "{before} -> {after}");
+        assert_eq!(cpu_seconds(u32::MAX), None);
+        assert!(!comm(pid).is_empty());
     }
 
     #[test]

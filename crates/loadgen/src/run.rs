@@ -3,7 +3,7 @@
 //! from when a request was due, so a slow system cannot hide its queue). A progress line
 //! every second; a bounded number of requests in flight.
 
-use crate::record::{Recorder, RunResult, rss_kib};
+use crate::record::{CpuUse, Recorder, RunResult, comm, cpu_seconds, rss_kib};
 use crate::systems::System;
 use crate::workload::Generator;
 use rand::SeedableRng;
@@ -37,7 +37,14 @@ pub struct RunConfig {
     /// A request without an answer after this is a timeout.
     pub timeout: Duration,
     pub watch_pids: Vec<u32>,
+    /// A label per watched pid (e.g. `n1 leader`); the pid and its command name otherwise.
+    pub watch_labels: Vec<String>,
     pub seed: u64,
+}
+
+/// CPU seconds of each process at one instant (None: the process is gone).
+fn cpu_sample(pids: &[u32]) -> Vec<Option<f64>> {
+    pids.iter().map(|&p| cpu_seconds(p)).collect()
 }
 
 struct Shared {
@@ -114,6 +121,23 @@ pub async fn run(
             (Arc::new(move || max_inflight - p.available_permits()), h)
         }
     };
+    // CPU of the watched processes and of the loadgen over the measured window.
+    let mut cpu_pids = cfg.watch_pids.clone();
+    cpu_pids.push(std::process::id());
+    let cpu_start = {
+        let pids = cpu_pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            (Instant::now(), cpu_sample(&pids))
+        })
+    };
+    let cpu_end = {
+        let pids = cpu_pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(end.into()).await;
+            (Instant::now(), cpu_sample(&pids))
+        })
+    };
     let progress = tokio::spawn(progress(
         shared.clone(),
         cfg.watch_pids.clone(),
@@ -122,6 +146,15 @@ pub async fn run(
     ));
     let _ = load.await;
     progress.abort();
+    let cpu_window = match (cpu_start.await, cpu_end.is_finished()) {
+        (Ok(start), true) => cpu_end.await.ok().map(|end| (start, end)),
+        (Ok(start), false) => {
+            // The workload ran out early: the window ends now.
+            cpu_end.abort();
+            Some((start, (Instant::now(), cpu_sample(&cpu_pids))))
+        }
+        (Err(_), _) => None,
+    };
     let measured = Instant::now()
         .min(end)
         .saturating_duration_since(measure_from);
@@ -149,6 +182,38 @@ pub async fn run(
         Mode::Closed { clients } => ("closed", Some(clients), None),
         Mode::Open { rate_per_s, .. } => ("open", None, Some(rate_per_s)),
     };
+    let completed = counts.completed();
+    let cpu = cpu_window
+        .map(|((t0, a), (t1, b))| {
+            let window = t1.saturating_duration_since(t0).as_secs_f64().max(1e-3);
+            cpu_pids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &pid)| {
+                    let used = b[i]? - a[i]?;
+                    let process = if pid == std::process::id() {
+                        "loadgen".to_string()
+                    } else {
+                        cfg.watch_labels
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| format!("pid {pid} ({})", comm(pid)))
+                    };
+                    Some(CpuUse {
+                        process,
+                        pid,
+                        cpu_s: round3(used),
+                        cores: round3(used / window),
+                        us_per_completed: if completed > 0 {
+                            (used * 1e6 / completed as f64 * 10.0).round() / 10.0
+                        } else {
+                            0.0
+                        },
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let mut notes = notes;
     if shared.exhausted.load(Relaxed) {
         notes.push(
@@ -171,6 +236,7 @@ pub async fn run(
         per_second,
         watched_pids: cfg.watch_pids,
         rss_max_kib,
+        cpu,
         notes,
         profile: if cfg!(debug_assertions) {
             "dev"
@@ -179,6 +245,10 @@ pub async fn run(
         }
         .into(),
     }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }
 
 async fn closed_loop(

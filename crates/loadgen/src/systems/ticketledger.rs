@@ -1,5 +1,6 @@
-//! ticketledger over plain HTTP/JSON (reqwest, one attempt per request: the client library's
-//! retries would hide back-pressure and distort latency). Setup goes through
+//! ticketledger over plain HTTP/1.1 JSON (reqwest) or over its gRPC API (tonic, HTTP/2, a few
+//! multiplexed connections, as etcd's driver), one attempt per request either way: the client
+//! library's retries would hide back-pressure and distort latency. Setup goes through
 //! `client::Client`, whose retries are welcome there.
 
 use super::{classify_status, progress_every};
@@ -9,6 +10,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::transport::{Channel, Endpoint};
 
 /// Setup calls in flight at once (API keys, read holds).
 const SETUP_CONCURRENCY: usize = 32;
@@ -26,20 +28,41 @@ pub enum Target {
     All,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// HTTP/1.1 JSON, one connection per concurrent request.
+    Http,
+    /// gRPC over HTTP/2 (`ticketledger.v1.Ledger`), `--tl-grpc-connections` connections per
+    /// target. Linearizable reads (the `read` workload) still go over HTTP: the gRPC GetHold
+    /// reads this node's applied state without a read index.
+    Grpc,
+}
+
 pub struct Options {
     pub urls: Vec<String>,
     pub admin_key: String,
     pub target: Target,
     pub connections: usize,
+    pub protocol: Protocol,
+    pub grpc_connections: usize,
 }
 
+type Grpc = api::grpc::ledger_client::LedgerClient<Channel>;
+type Auth = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
 pub struct Ticketledger {
+    /// The leader's node id when the run was set up.
+    pub leader: u64,
     http: reqwest::Client,
     targets: Vec<String>,
     next: AtomicUsize,
     layout: Layout,
     /// `Bearer <key>` of each buyer.
     buyers: Vec<String>,
+    /// gRPC: connections round-robin, and each buyer's `authorization` value (parsed once).
+    grpc: Vec<Grpc>,
+    grpc_buyers: Vec<Auth>,
+    grpc_service: Option<Auth>,
     service: String,
     admin: String,
     performances: Vec<String>,
@@ -69,17 +92,35 @@ impl Ticketledger {
         let Some(leader) = status.leader else {
             bail!("the cluster has no leader");
         };
-        let targets: Vec<String> = match o.target {
-            Target::All => admin.nodes(),
-            Target::Leader => {
-                let n = status
+        let chosen: Vec<&api::NodeStatus> = match o.target {
+            Target::All => status.nodes.iter().collect(),
+            Target::Leader => vec![
+                status
                     .nodes
                     .iter()
                     .find(|n| n.id == leader)
-                    .context("leader not in status")?;
-                vec![format!("http://{}", n.http_addr)]
-            }
+                    .context("leader not in status")?,
+            ],
         };
+        let targets: Vec<String> = match o.target {
+            Target::All => admin.nodes(),
+            Target::Leader => vec![format!("http://{}", chosen[0].http_addr)],
+        };
+        let mut grpc = Vec::new();
+        if o.protocol == Protocol::Grpc {
+            for n in &chosen {
+                for _ in 0..o.grpc_connections.max(1) {
+                    let ch = Endpoint::from_shared(format!("http://{}", n.grpc_addr))
+                        .with_context(|| format!("bad gRPC address {}", n.grpc_addr))?
+                        .timeout(timeout)
+                        .tcp_nodelay(true)
+                        .connect()
+                        .await
+                        .with_context(|| format!("connecting to gRPC {}", n.grpc_addr))?;
+                    grpc.push(Grpc::new(ch));
+                }
+            }
+        }
         eprintln!(
             "ticketledger: leader {leader}, sending to {}",
             targets.join(" ")
@@ -124,8 +165,35 @@ impl Ticketledger {
             .timeout(timeout)
             .tcp_nodelay(true)
             .build()?;
+        let auth = |k: &str| -> anyhow::Result<Auth> {
+            format!("Bearer {k}")
+                .parse()
+                .context("an API key is not valid metadata")
+        };
+        let grpc_buyers = if grpc.is_empty() {
+            Vec::new()
+        } else {
+            buyers
+                .iter()
+                .map(|k| auth(k))
+                .collect::<anyhow::Result<_>>()?
+        };
+        let grpc_service = (!grpc.is_empty()).then(|| auth(&service)).transpose()?;
+        let protocol_note = match o.protocol {
+            Protocol::Http => {
+                "plain HTTP/1.1 JSON, one attempt per request, no Idempotency-Key".to_string()
+            }
+            Protocol::Grpc => format!(
+                "gRPC (HTTP/2, {} connections per target; reads over HTTP), one attempt per request, no request_id",
+                o.grpc_connections.max(1)
+            ),
+        };
         Ok(Ticketledger {
+            leader,
             http,
+            grpc,
+            grpc_buyers,
+            grpc_service,
             next: AtomicUsize::new(0),
             layout: plan.layout,
             buyers: buyers.iter().map(|k| format!("Bearer {k}")).collect(),
@@ -137,7 +205,7 @@ impl Ticketledger {
             notes: vec![
                 format!("target: {:?} ({})", o.target, targets.join(" ")),
                 "durability: acknowledged after a majority fsynced the entry (Raft)".into(),
-                "plain HTTP/1.1 JSON, one attempt per request, no Idempotency-Key".into(),
+                protocol_note,
             ],
             targets,
         })
@@ -148,7 +216,15 @@ impl Ticketledger {
         &self.targets[i]
     }
 
+    fn grpc_client(&self) -> Grpc {
+        let i = self.next.fetch_add(1, Relaxed) % self.grpc.len();
+        self.grpc[i].clone()
+    }
+
     pub async fn exec(&self, op: &Op) -> Outcome {
+        if !self.grpc.is_empty() && !matches!(op, Op::Read { .. }) {
+            return self.exec_grpc(op).await;
+        }
         match *op {
             Op::Hold { perf, buyer, seats } => self.hold(perf, buyer, &seats).await.0,
             Op::HoldConfirm { perf, buyer, seats } => match self.hold(perf, buyer, &seats).await {
@@ -214,6 +290,82 @@ impl Ticketledger {
                 payment_ref: format!("lg-{hold_id}"),
             });
         send(req).await.0
+    }
+}
+
+impl Ticketledger {
+    async fn exec_grpc(&self, op: &Op) -> Outcome {
+        match *op {
+            Op::Hold { perf, buyer, seats } => self.hold_grpc(perf, buyer, &seats).await.0,
+            Op::HoldConfirm { perf, buyer, seats } => {
+                match self.hold_grpc(perf, buyer, &seats).await {
+                    (Outcome::Ok, Some(hold_id)) => {
+                        let mut req = tonic::Request::new(api::grpc::ConfirmHoldRequest {
+                            payment_ref: format!("lg-{hold_id}"),
+                            hold_id,
+                            request_id: String::new(),
+                        });
+                        if let Some(a) = &self.grpc_service {
+                            req.metadata_mut().insert("authorization", a.clone());
+                        }
+                        match self.grpc_client().confirm_hold(req).await {
+                            Ok(_) => Outcome::Ok,
+                            Err(s) => classify_grpc(&s),
+                        }
+                    }
+                    (outcome, _) => outcome,
+                }
+            }
+            Op::Join { room, buyer } => {
+                let mut req = tonic::Request::new(api::grpc::JoinQueueRequest {
+                    performance_id: self.rooms[room as usize].clone(),
+                    request_id: String::new(),
+                });
+                req.metadata_mut()
+                    .insert("authorization", self.grpc_buyers[buyer as usize].clone());
+                match self.grpc_client().join_queue(req).await {
+                    Ok(_) => Outcome::Ok,
+                    Err(s) => classify_grpc(&s),
+                }
+            }
+            Op::Read { .. } => unreachable!("reads go over HTTP"),
+        }
+    }
+
+    async fn hold_grpc(&self, perf: u32, buyer: u32, seats: &Seats) -> (Outcome, Option<String>) {
+        let mut req = tonic::Request::new(api::grpc::PlaceHoldRequest {
+            performance_id: self.performances[perf as usize].clone(),
+            seats: seats
+                .as_slice()
+                .iter()
+                .map(|&s| self.layout.seat_name(s))
+                .collect(),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("authorization", self.grpc_buyers[buyer as usize].clone());
+        match self.grpc_client().place_hold(req).await {
+            Ok(h) => (Outcome::Ok, Some(h.into_inner().hold_id)),
+            Err(s) => (classify_grpc(&s), None),
+        }
+    }
+}
+
+/// A gRPC failure as a benchmark outcome: the node puts the HTTP status and the problem code
+/// in the metadata of every error it answers; a status without them is the transport's.
+fn classify_grpc(s: &tonic::Status) -> Outcome {
+    let meta = |k: &str| s.metadata().get(k).and_then(|v| v.to_str().ok());
+    match meta(api::grpc::STATUS_METADATA).and_then(|v| v.parse::<u16>().ok()) {
+        Some(409) => match meta(api::grpc::CODE_METADATA) {
+            Some("seat_unavailable" | "sold_out") => Outcome::Conflict,
+            _ => Outcome::ClientError,
+        },
+        Some(status) => classify_status(status),
+        None => match s.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Outcome::Timeout,
+            tonic::Code::ResourceExhausted => Outcome::RateLimited,
+            _ => Outcome::Transport,
+        },
     }
 }
 
