@@ -33,8 +33,16 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "jepsen-long: skipped: needs root for network namespaces (partitions, netem)" >&2
     exit 0
 fi
-cargo build -p node --bin ticketd -p jepsen --bin jepsen
-JEPSEN=$CARGO_TARGET_DIR/debug/jepsen
+# JEPSEN_BIN_DIR=DIR: use DIR/jepsen and DIR/ticketd (copies that other builds of the shared
+# target directory cannot replace in the middle of the suite) and skip the build.
+if [ -n "${JEPSEN_BIN_DIR:-}" ]; then
+    JEPSEN=$JEPSEN_BIN_DIR/jepsen
+    TICKETD=$JEPSEN_BIN_DIR/ticketd
+else
+    cargo build -p node --bin ticketd -p jepsen --bin jepsen
+    JEPSEN=$CARGO_TARGET_DIR/debug/jepsen
+    TICKETD=$CARGO_TARGET_DIR/debug/ticketd
+fi
 "$JEPSEN" cleanup >/dev/null
 mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
@@ -65,7 +73,7 @@ for entry in "${CANARIES[@]}"; do
     echo "canary $name: invalid as expected ($OUT/canary-$name)" >> "$SUMMARY"
     echo "==> the correct build, same seed and nemeses: must be found valid"
     "$JEPSEN" run --nodes 3 --time-limit 25 --nemesis "$nem" --seed "$SEED" \
-        --ticketd "$CARGO_TARGET_DIR/debug/ticketd" --out "$OUT/correct-$name" --expect valid "${snap[@]}"
+        --ticketd "$TICKETD" --out "$OUT/correct-$name" --expect valid "${snap[@]}"
     echo "correct build with canary $name's seed: valid ($OUT/correct-$name)" >> "$SUMMARY"
 done
 if [ "$CANARIES_ONLY" = 1 ]; then
@@ -105,7 +113,7 @@ for i in $(seq 0 $((SEEDS - 1))); do
     s=$((SEED + i))
     echo "==> long run $((i + 1))/$SEEDS: 5 nodes, every nemesis, $SECS s, seed $s"
     if "$JEPSEN" run --nodes 5 --time-limit "$SECS" --nemesis all --seed "$s" --clients 10 \
-        --ticketd "$CARGO_TARGET_DIR/debug/ticketd" --out "$OUT/all-$s"; then
+        --ticketd "$TICKETD" --out "$OUT/all-$s"; then
         verdict=valid
     else
         rc=$?
