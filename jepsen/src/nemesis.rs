@@ -629,13 +629,10 @@ pub async fn heal_everything(c: &Cluster) -> anyhow::Result<()> {
         if !c.running(s) {
             continue;
         }
-        let one = client::Client::new([c.node_url(s)])
-            .with_key(c.admin_key.clone())
-            .with_deadline(Duration::from_secs(3));
-        if let Err(e) = one.status().await
-            && e.to_string().contains("panicked")
-        {
-            println!("jepsen: node slot {s}'s Raft core had panicked ({e}); restarting it");
+        let log = std::fs::read_to_string(c.slot(s).dir.join("ticketd.log")).unwrap_or_default();
+        let since_start = log.rsplit("ticketd serving").next().unwrap_or("");
+        if since_start.contains("panicked at") {
+            println!("jepsen: node slot {s}'s Raft core had panicked (see its log); restarting it");
             c.kill(s)?;
             c.start(s)?;
         }
@@ -652,7 +649,37 @@ pub async fn heal_everything(c: &Cluster) -> anyhow::Result<()> {
         }
     }
     for s in 1..=c.len() {
-        c.wait_healthy(s, Duration::from_secs(30)).await?;
+        if let Err(e) = c.wait_healthy(s, Duration::from_secs(30)).await {
+            if c.running(s) {
+                return Err(e);
+            }
+            // It refuses to start on its data (the corrupt nemesis's damage): rejoin it wiped,
+            // as a new member.
+            let old = c.slot(s);
+            let new_id = c.slots().iter().map(|x| x.id).max().unwrap_or(0) + 1;
+            println!(
+                "jepsen: node slot {s} refuses to start ({}); wiping it, it rejoins as node {new_id}",
+                last_line(&old.dir.join("ticketd.log"))
+            );
+            let voters: Vec<u64> = c
+                .slots()
+                .iter()
+                .map(|x| x.id)
+                .filter(|id| *id != old.id)
+                .collect();
+            c.admin()
+                .with_deadline(Duration::from_secs(20))
+                .change_membership(voters)
+                .await
+                .context("removing the node that refuses to start")?;
+            let data = old.dir.join("data");
+            if data.exists() {
+                std::fs::remove_dir_all(&data)?;
+            }
+            c.set_slot(s, |x| x.id = new_id);
+            c.start(s)?;
+            c.wait_healthy(s, Duration::from_secs(30)).await?;
+        }
     }
     c.wait_leader(Duration::from_secs(30)).await?;
     let admin = c.admin().with_deadline(Duration::from_secs(30));
