@@ -88,19 +88,28 @@ pub async fn checkout(
     source: &str,
 ) -> Paid {
     use api::payments::{CheckoutOutcome, CheckoutResult, StartCheckout};
-    let sent = http
-        .post(format!("{payments}/v1/checkouts"))
-        .bearer_auth(token)
-        .json(&StartCheckout {
-            hold_id: hold_id.into(),
-            source: source.into(),
-        })
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await;
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) => return Paid::Failed(format!("payments: {e}")),
+    // A 503 (the service shedding load) is retried: paying for the same hold again is
+    // the same checkout.
+    let mut attempt = 0u32;
+    let resp = loop {
+        let sent = http
+            .post(format!("{payments}/v1/checkouts"))
+            .bearer_auth(token)
+            .json(&StartCheckout {
+                hold_id: hold_id.into(),
+                source: source.into(),
+            })
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().as_u16() == 503 && attempt < 10 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+            }
+            Ok(r) => break r,
+            Err(e) => return Paid::Failed(format!("payments: {e}")),
+        }
     };
     let status = resp.status().as_u16();
     let body = resp.bytes().await.unwrap_or_default();

@@ -107,8 +107,8 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Read consistency of the catalog reads that offer a choice (venues, events, performances,
-/// seat maps). Holds, bookings and cluster status are always linearizable.
+/// Read consistency of the reads that offer a choice (venues, events, performances, seat
+/// maps, waiting-room entries). Holds, bookings and cluster status are always linearizable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Consistency {
     /// Read index through the leader: sees every write acknowledged before the call.
@@ -252,6 +252,14 @@ impl Client {
     /// Consistency of catalog reads (see [`Consistency`]).
     pub fn with_consistency(mut self, consistency: Consistency) -> Client {
         self.consistency = consistency;
+        self
+    }
+
+    /// Start calls at node `index` (modulo the node count), remembered apart from the clients
+    /// this one was cloned from: with stale reads, a set of readers spread this way shares
+    /// the load among the replicas instead of all asking the leader.
+    pub fn with_home_node(mut self, index: usize) -> Client {
+        self.preferred = Arc::new(AtomicUsize::new(index % self.nodes.len()));
         self
     }
 
@@ -905,8 +913,12 @@ impl Client {
         self.send::<(), _>(Method::POST, &path, None).await
     }
 
+    /// A waiting-room entry; `?consistency=stale` when the client asks for it (a position
+    /// a moment old is fine to wait on: the admission itself is checked by the leader when
+    /// the buyer holds).
     pub async fn queue(&self, queue_id: &str) -> Result<api::QueueStatus> {
-        self.get(&format!("/v1/queue/{queue_id}")).await
+        self.get_catalog(&format!("/v1/queue/{queue_id}"), Vec::new())
+            .await
     }
 }
 

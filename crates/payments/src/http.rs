@@ -101,7 +101,7 @@ pub fn router<P: Provider>(
         ledger_urls,
         callback_secret,
     });
-    axum::Router::new()
+    let router = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/stats", get(stats::<P>))
         .route("/v1/checkouts", post(start::<P>))
@@ -109,7 +109,34 @@ pub fn router<P: Provider>(
         .route("/v1/refunds", post(refund::<P>))
         .route("/v1/provider/callbacks", post(callback::<P>))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
-        .with_state(ctx)
+        .with_state(ctx);
+    shed_beyond(router, MAX_REQUESTS_IN_FLIGHT)
+}
+
+/// Requests the service works on at once; beyond it, a 503 with Retry-After at once (the
+/// buyer's client retries with the same hold, which is idempotent), so a stampede costs a
+/// bounded amount of memory and of ledger and provider calls.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 4_096;
+
+/// `router` answering 503 `overloaded` to a request that finds `limit` others in flight.
+pub fn shed_beyond(router: axum::Router, limit: usize) -> axum::Router {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limit));
+    router.layer(axum::middleware::from_fn_with_state(permits, shed))
+}
+
+async fn shed(
+    State(permits): State<Arc<tokio::sync::Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match permits.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => problem(
+            503,
+            "overloaded",
+            "the payments service is at its limit of requests in flight; retry",
+        ),
+    }
 }
 
 async fn stats<P: Provider>(State(ctx): State<Arc<Ctx<P>>>) -> Json<serde_json::Value> {
@@ -228,5 +255,60 @@ async fn callback<P: Provider>(
     match ctx.payments.settle(hold_id).await {
         Ok(r) => Json(r).into_response(),
         Err(e) => from_drive(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// Two requests may be in flight; a third is shed with a 503 until one ends.
+    #[tokio::test]
+    async fn requests_beyond_the_limit_are_shed() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let app = axum::Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let g = g.clone();
+                    async move {
+                        let _ = g.acquire().await;
+                        "slow"
+                    }
+                }),
+            )
+            .route("/fast", get(|| async { "fast" }));
+        let app = shed_beyond(app, 2);
+        let req = |path: &str| {
+            axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let a = tokio::spawn(app.clone().oneshot(req("/slow")));
+        let b = tokio::spawn(app.clone().oneshot(req("/slow")));
+        // Once both slow ones hold their place, a fast one is shed (wait for that, bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let shed = loop {
+            let r = app.clone().oneshot(req("/fast")).await.unwrap();
+            if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+                break r;
+            }
+            assert_eq!(r.status(), StatusCode::OK);
+            assert!(std::time::Instant::now() < deadline, "nothing was shed");
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(shed.headers()["retry-after"], "1");
+        gate.add_permits(2);
+        for t in [a, b] {
+            assert_eq!(t.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        let r = app.clone().oneshot(req("/fast")).await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "capacity is back once they ended"
+        );
     }
 }

@@ -10,7 +10,11 @@
 //!    until the provider's callback (or a resume's lookup) brings the outcome;
 //! 3. confirm the hold; if it expired meanwhile, the written rule: book the same seats if they
 //!    are all still free (`confirm-late`), otherwise refund the capture at once and record
-//!    `refunded`. Any other definite refusal of the booking also refunds: no stuck orders.
+//!    `refunded`. A refusal that says the order cannot be booked (seats taken, hold released,
+//!    performance cancelled) refunds too, after the checkout is read once more (a booking
+//!    made by an attempt whose answer was lost shows there and is kept): no stuck orders.
+//!    A refusal that says nothing about the order (a revoked key, a limit) moves no money;
+//!    the capture stays open for the next resume.
 //!
 //! Every step's state is in the ledger and every call is idempotent (the provider by the
 //! payment_ref, the ledger by keys derived from it), so [`Payments::resume`] (run at start
@@ -111,6 +115,17 @@ pub struct Payments<P> {
 fn definite(e: &Error) -> bool {
     e.status()
         .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429)
+}
+
+/// A refusal of a booking that says the order cannot be booked any more, so the written rule
+/// refunds it: the seats were taken after the hold expired, the hold was released or ended,
+/// the performance was cancelled. Anything else (authentication, a limit, a conflict of
+/// keys) is no statement about the order and never moves money.
+fn no_booking_possible(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        Some("seat_unavailable" | "hold_not_live" | "sale_not_open" | "sold_out")
+    )
 }
 
 impl<P: Provider> Payments<P> {
@@ -324,7 +339,22 @@ impl<P: Provider> Payments<P> {
                                 None,
                             ));
                         }
-                        Err(e) if definite(&e) => {
+                        Err(e) if no_booking_possible(&e) => {
+                            // Read the checkout again before any money moves: a booking that
+                            // was made (by an earlier attempt whose answer was lost) shows
+                            // here, and is never refunded by mistake.
+                            match self.ledger.checkout(hold_id).await {
+                                Ok(c) if c.state != api::CheckoutState::Captured => continue,
+                                Ok(_) => {}
+                                Err(re) => {
+                                    return Ok(self.result(
+                                        hold_id,
+                                        CheckoutOutcome::Pending,
+                                        None,
+                                        Some(format!("booking refused ({e}); re-reading: {re}")),
+                                    ));
+                                }
+                            }
                             // The written rule: no booking is possible, so the money goes back
                             // now, and the checkout says so.
                             let reason =
@@ -350,6 +380,12 @@ impl<P: Provider> Payments<P> {
                             }
                         }
                         Err(e) => {
+                            // Not an answer about the order (a timeout, or a refusal such as
+                            // a revoked key or a limit that says nothing about the seats): the
+                            // capture stays, and the next resume tries the booking again.
+                            if definite(&e) {
+                                tracing::warn!(hold = hold_id, error = %e, "the ledger refused a booking for a reason that is not the order's");
+                            }
                             return Ok(self.result(
                                 hold_id,
                                 CheckoutOutcome::Pending,
