@@ -33,6 +33,28 @@ impl TestCluster {
         })
     }
 
+    /// [`TestCluster::start`] with every node on TLS (mutual between nodes).
+    pub async fn start_tls(
+        n: u64,
+        tls: client::dev::DevTls,
+        extra: &[&str],
+    ) -> anyhow::Result<TestCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut args: Vec<String> = vec![
+            "--heartbeat-ms=50".into(),
+            "--request-timeout-ms=3000".into(),
+            "--log-level=info,openraft=warn".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let c = DevCluster::up_tls(dir.path(), n, tls, args)
+            .await
+            .context("starting the TLS cluster (did you `cargo build --bins`?)")?;
+        Ok(TestCluster {
+            guard: Guard(c),
+            _dir: dir,
+        })
+    }
+
     pub fn c(&self) -> &DevCluster {
         &self.guard.0
     }
@@ -150,17 +172,17 @@ pub async fn catalog(t: &TestCluster, rows: u32, buyers: usize) -> anyhow::Resul
             },
         )
         .await?;
-    let urls: Vec<String> = t.c().nodes.iter().map(|n| n.http.clone()).collect();
+    let urls = t.c().http_urls();
     let mut keys = Vec::new();
     for i in 0..buyers {
         let k = admin.create_api_key(&format!("buyer-{i}"), "buyer").await?;
-        keys.push(Client::new(urls.clone()).with_key(k.key));
+        keys.push(t.c().client_of(urls.clone()).with_key(k.key));
     }
     let s = admin.create_api_key("payments", "service").await?;
     Ok(Catalog {
         performance: perf.performance_id,
         buyers: keys,
-        service: Client::new(urls).with_key(s.key),
+        service: t.c().client_of(urls).with_key(s.key),
     })
 }
 

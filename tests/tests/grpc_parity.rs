@@ -499,7 +499,11 @@ async fn health_follows_readiness_and_reflection_lists_the_services() {
             panic!("a service list");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        for want in ["ticketledger.v1.Ledger", "grpc.health.v1.Health"] {
+        for want in [
+            "ticketledger.v1.Ledger",
+            "ticketledger.v1.Admin",
+            "grpc.health.v1.Health",
+        ] {
             assert!(
                 names.iter().any(|n| n == want),
                 "{want} missing from {names:?}"

@@ -26,6 +26,19 @@ pub struct DevCluster {
     pub ticketd: PathBuf,
     pub admin_key: String,
     pub nodes: Vec<DevNode>,
+    /// Run every node with TLS (`--tls-cert`, `--tls-key`, `--tls-ca`): the node URLs are
+    /// then `https://` and this cluster's clients trust only that CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DevTls>,
+}
+
+/// PEM files for a TLS dev cluster: one CA, and one certificate (valid for 127.0.0.1, with
+/// both the serverAuth and clientAuth usages) that every node serves and presents to peers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A free loopback port (bound and released; another process may take it before ticketd
@@ -135,14 +148,48 @@ impl DevCluster {
             .ok_or_else(|| anyhow!("no node {id} in this dev cluster"))
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// A node's HTTP base URL (`https://` under TLS).
+    pub fn http_url(&self, node: &DevNode) -> String {
+        format!("{}://{}", self.scheme(), node.http)
+    }
+
+    /// A node's gRPC URL (`https://` under TLS).
+    pub fn grpc_url(&self, node: &DevNode) -> String {
+        format!("{}://{}", self.scheme(), node.grpc)
+    }
+
+    /// Every node's HTTP base URL.
+    pub fn http_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| self.http_url(n)).collect()
+    }
+
+    /// A client of these URLs with no key, trusting this cluster's CA under TLS.
+    pub fn client_of(&self, urls: Vec<String>) -> Client {
+        let c = Client::new(urls);
+        match &self.tls {
+            None => c,
+            Some(t) => {
+                let pem = std::fs::read(&t.ca).unwrap_or_default();
+                c.with_ca_cert(&pem)
+                    .unwrap_or_else(|e| panic!("the dev cluster's CA {}: {e}", t.ca.display()))
+            }
+        }
+    }
+
     /// A client for every node, with the admin key.
     pub fn client(&self) -> Client {
-        Client::new(self.nodes.iter().map(|n| n.http.clone())).with_key(self.admin_key.clone())
+        self.client_of(self.http_urls())
+            .with_key(self.admin_key.clone())
     }
 
     /// A client that talks to one node only.
     pub fn node_client(&self, id: u64) -> anyhow::Result<Client> {
-        Ok(Client::new([self.node(id)?.http.clone()]).with_key(self.admin_key.clone()))
+        let url = self.http_url(self.node(id)?);
+        Ok(self.client_of(vec![url]).with_key(self.admin_key.clone()))
     }
 
     /// The pid of node `id`'s running process: the pid file's, and only while that process
@@ -184,6 +231,16 @@ impl DevCluster {
             .args(["--id", &id.to_string(), "--data-dir"])
             .arg(&data)
             .args(["--http-addr", &node.http, "--grpc-addr", &node.grpc])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    "--tls-cert".into(),
+                    t.cert.clone().into_os_string(),
+                    "--tls-key".into(),
+                    t.key.clone().into_os_string(),
+                    "--tls-ca".into(),
+                    t.ca.clone().into_os_string(),
+                ]
+            }))
             .args(&node.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -241,9 +298,15 @@ impl DevCluster {
 
     /// Wait until a node answers /healthz, or fail with the tail of its log.
     pub async fn wait_healthy(&self, id: u64, deadline: Duration) -> anyhow::Result<()> {
-        let node = self.node(id)?;
-        let url = format!("http://{}/healthz", node.http);
-        let http = reqwest::Client::new();
+        let url = format!("{}/healthz", self.http_url(self.node(id)?));
+        let mut http = crate::tls::http_builder();
+        if let Some(t) = &self.tls {
+            let pem = std::fs::read(&t.ca)
+                .with_context(|| format!("reading the dev cluster's CA {}", t.ca.display()))?;
+            http =
+                http.tls_certs_only(crate::tls::ca_certificates(&pem).map_err(anyhow::Error::msg)?);
+        }
+        let http = http.build().context("building the HTTP client")?;
         let start = Instant::now();
         loop {
             if let Ok(r) = http
@@ -305,12 +368,32 @@ impl DevCluster {
         DevCluster::up_with(dir, n, None, extra_args).await
     }
 
+    /// [`DevCluster::up`] with every node on TLS, mutual between nodes (see [`DevTls`]).
+    pub async fn up_tls(
+        dir: &Path,
+        n: u64,
+        tls: DevTls,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<DevCluster> {
+        DevCluster::up_inner(dir, n, None, Some(tls), extra_args).await
+    }
+
     /// [`DevCluster::up`] with node `i` (from 1) on HTTP port `base + 2(i-1)` and gRPC port
     /// `base + 2(i-1) + 1` when `base_port` is given.
     pub async fn up_with(
         dir: &Path,
         n: u64,
         base_port: Option<u16>,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<DevCluster> {
+        DevCluster::up_inner(dir, n, base_port, None, extra_args).await
+    }
+
+    async fn up_inner(
+        dir: &Path,
+        n: u64,
+        base_port: Option<u16>,
+        tls: Option<DevTls>,
         extra_args: Vec<String>,
     ) -> anyhow::Result<DevCluster> {
         if !(1..=9).contains(&n) {
@@ -336,6 +419,7 @@ impl DevCluster {
             ticketd: find_ticketd()?,
             admin_key: format!("dev-admin-{}", crate::new_idempotency_key()),
             nodes,
+            tls,
         };
         cluster.save()?;
         match cluster.bootstrap().await {
@@ -368,7 +452,11 @@ impl DevCluster {
         self.wait_leader(LEADER_DEADLINE).await?;
         for node in self.nodes.iter().skip(1) {
             first
-                .add_learner(node.id, &node.grpc, &node.http)
+                .add_learner(
+                    node.id,
+                    &self.peer_addr(&node.grpc),
+                    &self.peer_addr(&node.http),
+                )
                 .await
                 .with_context(|| format!("adding node {} as a learner", node.id))?;
         }
@@ -380,6 +468,15 @@ impl DevCluster {
         }
         self.wait_leader(LEADER_DEADLINE).await?;
         Ok(())
+    }
+
+    /// An address as the membership records it: `host:port`, or `https://host:port` under
+    /// TLS (what ticketd advertises for itself then).
+    fn peer_addr(&self, addr: &str) -> String {
+        match self.tls {
+            Some(_) => format!("https://{addr}"),
+            None => addr.to_string(),
+        }
     }
 
     /// Add a node to a running dev cluster as a learner (it is not promoted).
@@ -398,7 +495,7 @@ impl DevCluster {
         let node = self.node(id)?.clone();
         self.client()
             .with_deadline(Duration::from_secs(60))
-            .add_learner(id, &node.grpc, &node.http)
+            .add_learner(id, &self.peer_addr(&node.grpc), &self.peer_addr(&node.http))
             .await?;
         Ok(id)
     }

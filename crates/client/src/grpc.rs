@@ -39,6 +39,7 @@
 pub use api::grpc as pb;
 
 use crate::{Error, Result, new_idempotency_key};
+use pb::admin_client::AdminClient;
 use pb::ledger_client::LedgerClient;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,6 +62,45 @@ pub struct GrpcClient {
     deadline: Duration,
     attempt_timeout: Duration,
     preferred: Arc<AtomicUsize>,
+}
+
+fn ledger_client(channel: Channel) -> LedgerClient<Channel> {
+    LedgerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+fn admin_client(channel: Channel) -> AdminClient<Channel> {
+    AdminClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// One lazily connected channel per node URL; `https://` ones over TLS, verified against `ca`
+/// (PEM) or else the system's roots.
+fn channels(
+    urls: &[String],
+    ca: Option<&[u8]>,
+) -> std::result::Result<Vec<(String, Channel)>, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let mut out = Vec::new();
+    for url in urls {
+        let mut e = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("bad node address {url:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let tls = match ca {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            e = e
+                .tls_config(tls)
+                .map_err(|e| format!("TLS for {url:?}: {e}"))?;
+        }
+        out.push((url.clone(), e.connect_lazy()));
+    }
+    Ok(out)
 }
 
 /// What one attempt got, as far as retrying is concerned.
@@ -124,6 +164,16 @@ macro_rules! rpc {
     };
 }
 
+/// One unary RPC of `ticketledger.v1.Admin` per method.
+macro_rules! admin_rpc {
+    ($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty) => {
+        $(#[$doc])*
+        pub async fn $name(&self, req: $req) -> Result<$resp> {
+            self.call_admin(req, |mut c, r| async move { c.$name(r).await }).await
+        }
+    };
+}
+
 impl GrpcClient {
     /// A client of the nodes at these gRPC addresses (`host:port` or `http://host:port`).
     /// Panics on an empty list or an address that does not parse (configuration, checked
@@ -137,35 +187,38 @@ impl GrpcClient {
     pub fn try_new<S: Into<String>>(
         nodes: impl IntoIterator<Item = S>,
     ) -> std::result::Result<GrpcClient, String> {
-        let mut out = Vec::new();
+        let mut urls = Vec::new();
         for n in nodes {
             let n: String = n.into();
             let n = n.trim().trim_end_matches('/');
             if n.is_empty() {
                 continue;
             }
-            let url = if n.contains("://") {
+            urls.push(if n.contains("://") {
                 n.to_string()
             } else {
                 format!("http://{n}")
-            };
-            let channel = Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("bad node address {n:?}: {e}"))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy();
-            out.push((url, channel));
+            });
         }
-        if out.is_empty() {
+        if urls.is_empty() {
             return Err("a client needs at least one node address".into());
         }
         Ok(GrpcClient {
-            nodes: Arc::new(out),
+            nodes: Arc::new(channels(&urls, None)?),
             key: None,
             deadline: crate::DEADLINE_DEFAULT,
             attempt_timeout: crate::ATTEMPT_TIMEOUT_DEFAULT,
             preferred: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Trust only this CA (PEM) for `https://` nodes (a cluster run with `ticketd
+    /// --tls-ca`); without it, `https://` is verified against the system's roots.
+    pub fn with_ca_cert(mut self, pem: &[u8]) -> std::result::Result<GrpcClient, String> {
+        crate::tls::ca_certificates(pem)?;
+        let urls: Vec<String> = self.nodes.iter().map(|(u, _)| u.clone()).collect();
+        self.nodes = Arc::new(channels(&urls, Some(pem))?);
+        Ok(self)
     }
 
     /// The bearer API key or login token sent with every call.
@@ -206,16 +259,40 @@ impl GrpcClient {
     }
 
     fn client(&self, node: usize) -> LedgerClient<Channel> {
-        LedgerClient::new(self.nodes[node].1.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        ledger_client(self.nodes[node].1.clone())
     }
 
-    /// Run one logical call: attempts across nodes until an answer or the deadline.
+    /// Run one logical call of `ticketledger.v1.Ledger`.
     async fn call<Req, Resp, F, Fut>(&self, req: Req, f: F) -> Result<Resp>
     where
         Req: Clone,
         F: Fn(LedgerClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call_with(ledger_client, req, f).await
+    }
+
+    /// Run one logical call of `ticketledger.v1.Admin`.
+    async fn call_admin<Req, Resp, F, Fut>(&self, req: Req, f: F) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(AdminClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call_with(admin_client, req, f).await
+    }
+
+    /// Run one logical call on the service `make` builds from a node's channel: attempts
+    /// across nodes until an answer or the deadline.
+    async fn call_with<C, Req, Resp, F, Fut>(
+        &self,
+        make: fn(Channel) -> C,
+        req: Req,
+        f: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(C, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let start = Instant::now();
@@ -243,7 +320,8 @@ impl GrpcClient {
             attempts += 1;
             let timeout = self.attempt_timeout.min(left).max(Duration::from_millis(1));
             let r = self.request(req.clone(), timeout)?;
-            let attempt = match tokio::time::timeout(timeout, f(self.client(node), r)).await {
+            let service = make(self.nodes[node].1.clone());
+            let attempt = match tokio::time::timeout(timeout, f(service, r)).await {
                 Ok(Ok(resp)) => Attempt::Done(resp.into_inner()),
                 Ok(Err(status)) => classify(&status),
                 Err(_) => Attempt::Retry {
@@ -285,6 +363,24 @@ impl GrpcClient {
             last,
         })
     }
+
+    admin_rpc!(/// Create the cluster on the node this call reaches first (give one address), with
+    /// the bootstrap operator key.
+    init_cluster(pb::InitClusterRequest) -> pb::ClusterStatus);
+    admin_rpc!(/// Membership, leader and every node's status (operator).
+    get_cluster_status(pb::ClusterStatusRequest) -> pb::ClusterStatus);
+    admin_rpc!(/// Add a node as a learner; returns once it has caught up (operator, leader).
+    add_learner(pb::AddLearnerRequest) -> pb::ClusterStatus);
+    admin_rpc!(/// Replace the set of voters (operator, leader).
+    change_membership(pb::ChangeMembershipRequest) -> pb::ClusterStatus);
+    admin_rpc!(/// Hand leadership to another voter (operator).
+    transfer_leader(pb::TransferLeaderRequest) -> pb::ClusterStatus);
+    admin_rpc!(/// Snapshot the node this call reaches, purging its log behind (operator).
+    take_snapshot(pb::TakeSnapshotRequest) -> pb::SnapshotTaken);
+    admin_rpc!(/// A consistent copy of the ledger (operator).
+    backup(pb::BackupRequest) -> pb::BackupData);
+    admin_rpc!(/// Restore a backup into a cluster with no catalog yet (operator, leader).
+    restore(pb::BackupData) -> pb::ClusterStatus);
 
     rpc!(/// A buyer account and a first session. Not retried with a request_id (signups are
     /// anonymous): a retry after an unknown outcome gets `already_exists`; log in then.

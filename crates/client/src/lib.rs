@@ -41,6 +41,7 @@ mod demo_payments;
 pub mod dev;
 pub mod fairness;
 pub mod grpc;
+pub mod tls;
 
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -155,6 +156,18 @@ pub struct Client {
     preferred: Arc<AtomicUsize>,
 }
 
+/// The connection pool every [`Client`] uses; `ca` replaces the system's roots.
+fn http_client(
+    ca: Option<&[reqwest::Certificate]>,
+) -> std::result::Result<reqwest::Client, String> {
+    let mut b = tls::http_builder().pool_max_idle_per_host(64);
+    if let Some(ca) = ca {
+        b = b.tls_certs_only(ca.iter().cloned());
+    }
+    b.build()
+        .map_err(|e| format!("building the HTTP client: {e}"))
+}
+
 /// A fresh idempotency key: 128 random bits as 32 lowercase hex digits.
 pub fn new_idempotency_key() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -212,10 +225,7 @@ impl Client {
             return Err("a client needs at least one node URL".into());
         }
         Ok(Client {
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .map_err(|e| format!("building the HTTP client: {e}"))?,
+            http: http_client(None)?,
             nodes: Arc::new(urls),
             key: None,
             deadline: DEADLINE_DEFAULT,
@@ -223,6 +233,13 @@ impl Client {
             consistency: Consistency::Linearizable,
             preferred: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Trust only this CA (PEM) for `https://` nodes, as a cluster run with `ticketd
+    /// --tls-ca` needs (without it, `https://` is verified against the system's roots).
+    pub fn with_ca_cert(mut self, pem: &[u8]) -> std::result::Result<Client, String> {
+        self.http = http_client(Some(&tls::ca_certificates(pem)?))?;
+        Ok(self)
     }
 
     /// The bearer API key sent with every call.

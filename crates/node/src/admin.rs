@@ -34,7 +34,8 @@ pub fn router() -> Router<Arc<App>> {
         )
 }
 
-async fn operator(app: &App, headers: &HeaderMap) -> Result<()> {
+/// Refuse anyone but an operator (HTTP and gRPC: `crate::grpc_admin`).
+pub(crate) async fn operator(app: &App, headers: &HeaderMap) -> Result<()> {
     let p = authenticate(app, headers).await?;
     if app.role_of(p) == Some(Role::Operator) {
         Ok(())
@@ -65,8 +66,6 @@ impl App {
             _ if node.is_some() && !is_voter => "learner",
             _ => "follower",
         };
-        let (applied_index, state_hash) =
-            self.ledger.read(|l| (l.state().last_index, l.state_hash()));
         api::NodeStatus {
             id: self.cfg.id,
             grpc_addr: node
@@ -78,9 +77,8 @@ impl App {
             role: role.into(),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
-            // Read together, from the ledger itself, so the hash is the one of that index.
-            applied_index,
-            state_hash: hex(&state_hash),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            state_hash: hex(&self.ledger.read(|l| l.state_hash())),
             error: None,
         }
     }
@@ -130,7 +128,12 @@ async fn init(
     State(app): State<Arc<App>>,
     Body(b): Body<api::InitCluster>,
 ) -> Result<Json<api::ClusterStatus>> {
-    if b.admin_key.len() < 16 || b.admin_key.len() > 256 {
+    init_cluster(&app, &b.admin_key).await.map(Json)
+}
+
+/// The body of [`init`], shared with gRPC's `Admin.InitCluster`.
+pub(crate) async fn init_cluster(app: &App, admin_key: &str) -> Result<api::ClusterStatus> {
+    if admin_key.len() < 16 || admin_key.len() > 256 {
         return Err(ApiError::invalid("admin_key must be 16..=256 characters"));
     }
     if app
@@ -167,7 +170,7 @@ async fn init(
             ApiError::unavailable("no_leader", format!("this node did not become leader: {e}"))
         })?;
     let op = Op::Bootstrap {
-        operator_key_digest: *blake3::hash(b.admin_key.as_bytes()).as_bytes(),
+        operator_key_digest: *blake3::hash(admin_key.as_bytes()).as_bytes(),
         token_secret: rand::random(),
     };
     let cmd = Command::new(app.now_ms(), Principal::System, op);
@@ -177,7 +180,7 @@ async fn init(
         .await
         .map_err(|e| ApiError::unavailable("unavailable", e.to_string()))?;
     match resp.data.outcome() {
-        Some(Outcome::Ok(Reply::Bootstrapped { .. })) => Ok(Json(app.cluster_status().await)),
+        Some(Outcome::Ok(Reply::Bootstrapped { .. })) => Ok(app.cluster_status().await),
         other => Err(ApiError::internal(format!("bootstrap failed: {other:?}"))),
     }
 }
@@ -208,9 +211,17 @@ async fn add_learner(
     Body(b): Body<api::AddLearner>,
 ) -> Result<Json<api::ClusterStatus>> {
     operator(&app, &headers).await?;
+    add_learner_op(&app, b).await.map(Json)
+}
+
+/// The body of [`add_learner`] (after authorization), shared with gRPC.
+pub(crate) async fn add_learner_op(app: &App, b: api::AddLearner) -> Result<api::ClusterStatus> {
     if b.node_id == 0 {
         return Err(ApiError::invalid("node_id must be positive"));
     }
+    // Refuse an address this cluster could never reach (http:// under TLS and the reverse)
+    // before it enters the membership.
+    crate::net::peer_url(&b.grpc_addr, app.cfg.tls.is_some()).map_err(ApiError::invalid)?;
     let node = Node {
         grpc_addr: b.grpc_addr,
         http_addr: b.http_addr,
@@ -219,7 +230,7 @@ async fn add_learner(
         .add_learner(b.node_id, node, true)
         .await
         .map_err(raft_error)?;
-    Ok(Json(app.cluster_status().await))
+    Ok(app.cluster_status().await)
 }
 
 async fn change_membership(
@@ -228,7 +239,15 @@ async fn change_membership(
     Body(b): Body<api::ChangeMembership>,
 ) -> Result<Json<api::ClusterStatus>> {
     operator(&app, &headers).await?;
-    let voters: BTreeSet<u64> = b.voters.into_iter().collect();
+    change_membership_op(&app, b.voters).await.map(Json)
+}
+
+/// The body of [`change_membership`] (after authorization), shared with gRPC.
+pub(crate) async fn change_membership_op(
+    app: &App,
+    voters: Vec<u64>,
+) -> Result<api::ClusterStatus> {
+    let voters: BTreeSet<u64> = voters.into_iter().collect();
     if voters.is_empty() {
         return Err(ApiError::invalid("a cluster needs at least one voter"));
     }
@@ -236,7 +255,7 @@ async fn change_membership(
         .change_membership(voters, false)
         .await
         .map_err(raft_error)?;
-    Ok(Json(app.cluster_status().await))
+    Ok(app.cluster_status().await)
 }
 
 async fn transfer_leader(
@@ -245,6 +264,12 @@ async fn transfer_leader(
     Body(b): Body<api::TransferLeader>,
 ) -> Result<Json<api::ClusterStatus>> {
     operator(&app, &headers).await?;
+    transfer_leader_op(&app, b.to).await.map(Json)
+}
+
+/// The body of [`transfer_leader`] (after authorization), shared with gRPC.
+pub(crate) async fn transfer_leader_op(app: &App, to: u64) -> Result<api::ClusterStatus> {
+    let b = api::TransferLeader { to };
     let voters: Vec<u64> = app.raft.voter_ids().collect();
     if !voters.contains(&b.to) {
         return Err(ApiError::invalid(format!(
@@ -262,7 +287,7 @@ async fn transfer_leader(
         .wait(Some(Duration::from_secs(10)))
         .current_leader(b.to, "leader transferred")
         .await;
-    Ok(Json(app.cluster_status().await))
+    Ok(app.cluster_status().await)
 }
 
 async fn snapshot(
@@ -270,6 +295,11 @@ async fn snapshot(
     headers: HeaderMap,
 ) -> Result<Json<api::SnapshotTaken>> {
     operator(&app, &headers).await?;
+    snapshot_op(&app).await.map(Json)
+}
+
+/// The body of [`snapshot`] (after authorization), shared with gRPC.
+pub(crate) async fn snapshot_op(app: &App) -> Result<api::SnapshotTaken> {
     let applied = app
         .raft
         .metrics()
@@ -294,18 +324,21 @@ async fn snapshot(
         )
         .await
         .map_err(|e| ApiError::unavailable("timeout", format!("snapshot not finished: {e}")))?;
-    Ok(Json(api::SnapshotTaken {
+    Ok(api::SnapshotTaken {
         applied_index: applied,
-    }))
+    })
 }
 
 /// A consistent copy of the ledger (its snapshot format), after a read index.
 async fn backup(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response> {
     operator(&app, &headers).await?;
-    let bytes = app
-        .read(Consistency::Linearizable, |l| l.snapshot())
-        .await?;
+    let bytes = backup_op(&app).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// The body of [`backup`] (after authorization), shared with gRPC.
+pub(crate) async fn backup_op(app: &App) -> Result<Vec<u8>> {
+    app.read(Consistency::Linearizable, |l| l.snapshot()).await
 }
 
 /// Restore a backup into this cluster, which must have no catalog yet. The backup travels
@@ -317,6 +350,11 @@ async fn restore(
     body: axum::body::Bytes,
 ) -> Result<Json<api::ClusterStatus>> {
     operator(&app, &headers).await?;
+    restore_op(&app, body.to_vec()).await.map(Json)
+}
+
+/// The body of [`restore`] (after authorization), shared with gRPC.
+pub(crate) async fn restore_op(app: &App, body: Vec<u8>) -> Result<api::ClusterStatus> {
     if body.is_empty() {
         return Err(ApiError::invalid(
             "send the backup file as the request body",
@@ -333,7 +371,7 @@ async fn restore(
     }
     let resp = app
         .raft
-        .client_write(Request::Restore(body.to_vec()))
+        .client_write(Request::Restore(body))
         .await
         .map_err(|e| {
             if e.forward_to_leader().is_some() {
@@ -346,7 +384,7 @@ async fn restore(
             }
         })?;
     match resp.data.restore {
-        Some(Ok(())) => Ok(Json(app.cluster_status().await)),
+        Some(Ok(())) => Ok(app.cluster_status().await),
         Some(Err(why)) => Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
             "invalid_state",

@@ -66,7 +66,7 @@ pub fn refund_ref_for_key(booking: &str, key: &str) -> String {
 impl App {
     pub fn new(cfg: Config, raft: Raft, ledger: LedgerHandle) -> App {
         let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
-        let peers = Peers::new(cfg.request_timeout);
+        let peers = Peers::new(cfg.request_timeout, cfg.tls.as_ref());
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_inflight);
         let passwords = crate::auth::Passwords::new(cfg.argon2_memory_kib, cfg.argon2_iterations)
             .expect("Argon2 parameters are range-checked by Config::load");

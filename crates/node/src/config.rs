@@ -78,6 +78,18 @@ pub struct Cli {
     /// Requests a rate-limit bucket holds (a burst above the rate); default one second's worth.
     #[arg(long, env = "TICKETLEDGER_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+    /// This node's certificate chain (PEM). With --tls-key and --tls-ca, both listeners
+    /// (HTTP and gRPC) serve TLS only, and node-to-node gRPC is mutual TLS.
+    #[arg(long, env = "TICKETLEDGER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TICKETLEDGER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA (PEM): peers' certificates must chain to it, both ways (this node
+    /// verifies the peers it calls, and Raft calls to this node need a client certificate
+    /// signed by it). Clients of the public API need no certificate.
+    #[arg(long, env = "TICKETLEDGER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -102,6 +114,69 @@ struct FileConfig {
     rate_limit_per_principal: Option<u32>,
     rate_limit_per_address: Option<u32>,
     rate_limit_burst: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+}
+
+/// The PEM files of `--tls-cert`, `--tls-key` and `--tls-ca`, read and checked at start-up.
+#[derive(Clone)]
+pub struct Tls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Tls")
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// All three flags or none: half a TLS setup is refused rather than guessed at.
+    fn load(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        ca: Option<PathBuf>,
+    ) -> anyhow::Result<Option<Tls>> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key, ca) = match (cert, key, ca) {
+            (None, None, None) => return Ok(None),
+            (Some(c), Some(k), Some(a)) => (c, k, a),
+            _ => bail!(
+                "TLS needs --tls-cert, --tls-key and --tls-ca together (the CA verifies the \
+                 other nodes, which talk to each other over mutual TLS)"
+            ),
+        };
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+        };
+        let tls = Tls {
+            cert_pem: read(&cert, "--tls-cert")?,
+            key_pem: read(&key, "--tls-key")?,
+            ca_pem: read(&ca, "--tls-ca")?,
+        };
+        for (pem, flag, path) in [
+            (&tls.cert_pem, "--tls-cert", &cert),
+            (&tls.ca_pem, "--tls-ca", &ca),
+        ] {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{flag} {}: not PEM certificates", path.display()))?;
+            if certs.is_empty() {
+                bail!("{flag} {}: no CERTIFICATE in it", path.display());
+            }
+        }
+        PrivateKeyDer::from_pem_slice(&tls.key_pem)
+            .with_context(|| format!("--tls-key {}: no PEM private key in it", key.display()))?;
+        Ok(Some(tls))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -126,6 +201,8 @@ pub struct Config {
     pub rate_limit_per_principal: u32,
     pub rate_limit_per_address: u32,
     pub rate_limit_burst: Option<u32>,
+    /// TLS on both listeners and mutual TLS between nodes; `None` is plain text.
+    pub tls: Option<Tls>,
 }
 
 impl Config {
@@ -200,7 +277,16 @@ impl Config {
         if rate_limit_burst == Some(0) {
             bail!("--rate-limit-burst must be positive");
         }
+        let tls = Tls::load(
+            cli.tls_cert.or(file.tls_cert),
+            cli.tls_key.or(file.tls_key),
+            cli.tls_ca.or(file.tls_ca),
+        )?;
+        // Under TLS the advertised addresses are https:// URLs, so clients and peers reading
+        // them from the cluster status know how to connect.
+        let scheme = if tls.is_some() { "https://" } else { "" };
         Ok(Config {
+            tls,
             rate_limit_per_principal: cli
                 .rate_limit_per_principal
                 .or(file.rate_limit_per_principal)
@@ -220,11 +306,11 @@ impl Config {
             advertise_grpc: cli
                 .advertise_grpc
                 .or(file.advertise_grpc)
-                .unwrap_or_else(|| grpc_addr.to_string()),
+                .unwrap_or_else(|| format!("{scheme}{grpc_addr}")),
             advertise_http: cli
                 .advertise_http
                 .or(file.advertise_http)
-                .unwrap_or_else(|| http_addr.to_string()),
+                .unwrap_or_else(|| format!("{scheme}{http_addr}")),
             log_json,
             log_level: cli
                 .log_level
@@ -278,6 +364,34 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn half_a_tls_setup_and_unreadable_pem_are_refused() {
+        let dir = std::env::temp_dir().join(format!("ticketd-tls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let cli = |cert: bool, key: bool, ca: bool| Cli {
+            id: Some(1),
+            tls_cert: cert.then(|| junk.clone()),
+            tls_key: key.then(|| junk.clone()),
+            tls_ca: ca.then(|| junk.clone()),
+            ..Cli::default()
+        };
+        for (cert, key, ca) in [
+            (true, true, false),
+            (true, false, true),
+            (false, false, true),
+        ] {
+            let err = Config::load(cli(cert, key, ca)).unwrap_err();
+            assert!(err.to_string().contains("together"), "{err:#}");
+        }
+        let err = Config::load(cli(true, true, true)).unwrap_err();
+        assert!(format!("{err:#}").contains("--tls-cert"), "{err:#}");
+        let plain = Config::load(cli(false, false, false)).unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(plain.advertise_grpc, "127.0.0.1:9090");
     }
 
     #[test]

@@ -332,10 +332,37 @@ type FeedStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = std::result::Result<pb::FeedEvent, Status>> + Send>,
 >;
 
-/// Keep `grpc.health.v1.Health` in step with readiness (`/readyz`): the overall status ("")
-/// and `ticketledger.v1.Ledger` are SERVING while a leader is known and this node applied what
-/// it knows committed, NOT_SERVING otherwise. Checked on every Raft metrics change and at
-/// least every 500 ms, until shutdown.
+/// Whether this node can serve the API now: a leader is known, this node applied what it knows
+/// committed (readiness, `/readyz`), and the leader still has a quorum: on the leader itself,
+/// a quorum of voters acknowledged it within the election timeout (an isolated leader keeps
+/// its title until it hears of a newer term, but can commit nothing); on a follower, its
+/// leader is known (a follower that stops hearing from it starts an election and forgets it
+/// within one election timeout).
+pub fn can_serve(app: &App) -> std::result::Result<(), String> {
+    use openraft::Instant as _;
+    use openraft::type_config::async_runtime::WatchReceiver as _;
+    app.readiness()?;
+    let m = app.raft.metrics().borrow_watched().clone();
+    if m.current_leader != Some(app.cfg.id) {
+        return Ok(());
+    }
+    if m.membership_config.membership().voter_ids().count() <= 1 {
+        return Ok(());
+    }
+    let window = std::time::Duration::from_millis(app.cfg.heartbeat_ms * 6);
+    match m.last_quorum_acked {
+        Some(at) if at.elapsed() <= window => Ok(()),
+        Some(at) => Err(format!(
+            "leader without a quorum: last acknowledged {} ms ago",
+            at.elapsed().as_millis()
+        )),
+        None => Err("leader not yet acknowledged by a quorum".into()),
+    }
+}
+
+/// Keep `grpc.health.v1.Health` in step with [`can_serve`]: the overall status ("") and
+/// `ticketledger.v1.Ledger` are SERVING while it holds, NOT_SERVING otherwise. Checked on every
+/// Raft metrics change and at least every 200 ms, until shutdown.
 pub async fn health_loop(
     app: Arc<App>,
     reporter: tonic_health::server::HealthReporter,
@@ -347,7 +374,7 @@ pub async fn health_loop(
     let mut metrics = app.raft.metrics();
     let mut last = None;
     loop {
-        let status = if app.readiness().is_ok() {
+        let status = if can_serve(&app).is_ok() {
             tonic_health::ServingStatus::Serving
         } else {
             tonic_health::ServingStatus::NotServing
@@ -359,7 +386,8 @@ pub async fn health_loop(
         }
         tokio::select! {
             _ = metrics.changed() => {}
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            // Losing the quorum changes no metric: the clock has to be looked at.
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
             _ = shutdown.changed() => {
                 reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 reporter.set_service_status(ledger_name, tonic_health::ServingStatus::NotServing).await;

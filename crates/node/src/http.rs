@@ -22,6 +22,12 @@ type Result<T> = std::result::Result<T, ApiError>;
 type AppState = State<Arc<App>>;
 
 pub fn router(app: Arc<App>) -> Router {
+    let limiter = crate::ratelimit::Limiter::new(app.clone());
+    router_with(app, limiter)
+}
+
+/// [`router`] with a rate limiter shared with the gRPC service (crate::run).
+pub fn router_with(app: Arc<App>, limiter: Arc<crate::ratelimit::Limiter>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -62,7 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(crate::error::problems_only))
         .layer(axum::middleware::from_fn_with_state(
-            crate::ratelimit::Limiter::new(app.clone()),
+            limiter,
             crate::ratelimit::limit,
         ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))

@@ -13,6 +13,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod grpc;
+pub mod grpc_admin;
 pub mod http;
 pub mod http_manage;
 pub mod logging;
@@ -21,6 +22,7 @@ pub mod net;
 pub mod openapi;
 pub mod ratelimit;
 pub mod time;
+pub mod tls;
 pub mod watch;
 
 use anyhow::Context;
@@ -53,7 +55,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (log_store, sm_store) = raft_store::open(&cfg.data_dir)
         .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let ledger = sm_store.ledger_handle();
-    let peers = net::Peers::new(cfg.request_timeout);
+    let peers = net::Peers::new(cfg.request_timeout, cfg.tls.as_ref());
     let raft = raft_store::Raft::new(
         cfg.id,
         Arc::new(raft_config(&cfg)?),
@@ -74,7 +76,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(cfg.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC {}", cfg.grpc_addr))?;
-    tracing::info!(node_id = cfg.id, http = %cfg.http_addr, grpc = %cfg.grpc_addr, data_dir = %cfg.data_dir.display(), "ticketd serving");
+    tracing::info!(node_id = cfg.id, http = %cfg.http_addr, grpc = %cfg.grpc_addr, tls = cfg.tls.is_some(), data_dir = %cfg.data_dir.display(), "ticketd serving");
+    // One set of buckets for both protocols: a client cannot double its rate by switching.
+    let limiter = ratelimit::Limiter::new(app.clone());
 
     let svc = net::pb::raft_server::RaftServer::new(net::RaftService { app: app.clone() })
         .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
@@ -87,13 +91,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .build_v1()
         .context("building the gRPC reflection service")?;
     let mut rx = shutdown_rx.clone();
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(t) = &cfg.tls {
+        grpc_server = grpc_server
+            .tls_config(tls::grpc_server_config(t))
+            .context("configuring the gRPC listener's TLS")?;
+    }
     let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+        grpc_server
             .add_service(svc)
             .add_service(health_svc)
             .add_service(reflection)
-            .add_service(grpc::pb::ledger_server::LedgerServer::new(
+            .add_service(grpc::pb::ledger_server::LedgerServer::with_interceptor(
                 grpc::LedgerService { app: app.clone() },
+                ratelimit::grpc_interceptor(limiter.clone()),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                grpc::pb::admin_server::AdminServer::new(grpc_admin::AdminService {
+                    app: app.clone(),
+                })
+                .max_decoding_message_size(grpc_admin::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(grpc_admin::MAX_MESSAGE_BYTES),
+                ratelimit::grpc_interceptor(limiter.clone()),
             ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
@@ -103,13 +122,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ),
     );
     let mut rx = shutdown_rx.clone();
-    // The peer address feeds the per-address rate limit (crate::ratelimit).
-    let routes =
-        http::router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(http, routes).with_graceful_shutdown(async move {
+    let stopped = async move {
         let _ = rx.changed().await;
-    });
-    let http_task = tokio::spawn(async move { server.await });
+    };
+    // The peer address feeds the per-address rate limit (crate::ratelimit).
+    let routes = http::router_with(app.clone(), limiter)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let http_task = match &cfg.tls {
+        None => {
+            let server = axum::serve(http, routes).with_graceful_shutdown(stopped);
+            tokio::spawn(async move { server.await })
+        }
+        Some(t) => {
+            use axum::serve::ListenerExt as _;
+            let listener = tls::HttpsListener::new(http, tls::http_server_config(t)?)
+                .context("starting the HTTPS listener")?
+                // A tapped listener gets axum's ConnectInfo<SocketAddr> from its Addr.
+                .tap_io(|_| ());
+            let server = axum::serve(listener, routes).with_graceful_shutdown(stopped);
+            tokio::spawn(async move { server.await })
+        }
+    };
     let tick_task = tokio::spawn(app.clone().tick_loop(shutdown_rx.clone()));
     tokio::spawn(app.clone().proposer_loop());
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status, Streaming};
 
 pub mod pb {
@@ -61,13 +61,45 @@ pub enum ForwardReply {
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     timeout: Duration,
+    /// Under TLS: trust only the cluster CA, and present this node's own certificate (the
+    /// peer's gRPC server requires it on these calls: [`require_peer_certificate`]).
+    tls: Option<ClientTlsConfig>,
+}
+
+/// The URL a peer's gRPC address is reached at. An address is `host:port` or a URL; under
+/// TLS it must not be `http://` (nodes talk to each other only over mutual TLS), and without
+/// TLS it cannot be `https://` (there is no CA to verify the peer with).
+pub fn peer_url(addr: &str, tls: bool) -> Result<String, String> {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, addr),
+    };
+    match (scheme, tls) {
+        (None | Some("http"), false) => Ok(format!("http://{rest}")),
+        (None | Some("https"), true) => Ok(format!("https://{rest}")),
+        (Some("https"), false) => Err(format!(
+            "peer {addr} is https:// but this node has no --tls-cert/--tls-key/--tls-ca"
+        )),
+        (Some("http"), true) => Err(format!(
+            "peer {addr} is http:// but this node runs TLS: nodes talk only over mutual TLS"
+        )),
+        (Some(other), _) => Err(format!(
+            "peer address {addr:?}: scheme {other:?} is neither http nor https"
+        )),
+    }
 }
 
 impl Peers {
-    pub fn new(timeout: Duration) -> Peers {
+    pub fn new(timeout: Duration, tls: Option<&crate::config::Tls>) -> Peers {
         Peers {
             channels: Arc::default(),
             timeout,
+            tls: tls.map(|t| {
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&t.ca_pem))
+                    .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
+                    .timeout(Duration::from_secs(5))
+            }),
         }
     }
 
@@ -76,12 +108,18 @@ impl Peers {
         let channel = match map.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(format!("http://{addr}"))
+                let url = peer_url(addr, self.tls.is_some())?;
+                let mut e = Endpoint::from_shared(url)
                     .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .connect_lazy();
+                    .http2_keep_alive_interval(Duration::from_secs(10));
+                if let Some(tls) = &self.tls {
+                    e = e
+                        .tls_config(tls.clone())
+                        .map_err(|e| format!("TLS to peer {addr:?}: {e}"))?;
+                }
+                let c = e.connect_lazy();
                 map.insert(addr.to_string(), c.clone());
                 c
             }
@@ -300,6 +338,25 @@ pub struct RaftService {
     pub app: Arc<App>,
 }
 
+/// Under TLS every node-to-node call must come with a client certificate that the TLS layer
+/// verified against the cluster CA. The gRPC listener accepts connections without one (buyers
+/// have no certificates and the public API shares the port), so the rule is enforced here,
+/// per call: the public services never ask, this service always does.
+pub fn require_peer_certificate<T>(tls: bool, req: &Request<T>) -> Result<(), Status> {
+    if tls && req.peer_certs().is_none_or(|certs| certs.is_empty()) {
+        return Err(Status::unauthenticated(
+            "node-to-node calls need a client certificate signed by the cluster CA (--tls-ca)",
+        ));
+    }
+    Ok(())
+}
+
+impl RaftService {
+    fn peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        require_peer_certificate(self.app.cfg.tls.is_some(), req)
+    }
+}
+
 fn reply<T: Serialize, E: std::fmt::Display>(
     r: Result<T, E>,
 ) -> Result<Response<pb::Blob>, Status> {
@@ -310,16 +367,19 @@ fn reply<T: Serialize, E: std::fmt::Display>(
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
+        self.peer(&req)?;
         let rpc: AppendEntriesRequest<C> = decode(&req.into_inner().data)?;
         reply(self.app.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
+        self.peer(&req)?;
         let rpc: VoteRequest<C> = decode(&req.into_inner().data)?;
         reply(self.app.raft.vote(rpc).await)
     }
 
     async fn transfer_leader(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
+        self.peer(&req)?;
         let rpc: TransferLeaderRequest<C> = decode(&req.into_inner().data)?;
         reply(self.app.raft.handle_transfer_leader(rpc).await)
     }
@@ -328,6 +388,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::Blob>, Status> {
+        self.peer(&req)?;
         let mut stream = req.into_inner();
         let first = stream
             .next()
@@ -356,6 +417,7 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn forward(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
+        self.peer(&req)?;
         let request: ForwardRequest = decode(&req.into_inner().data)?;
         let r = match tokio::time::timeout(self.app.cfg.request_timeout, self.app.propose(request))
             .await
@@ -370,14 +432,46 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(pb::Blob { data: encode(&r) }))
     }
 
-    async fn read_index(&self, _req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
+    async fn read_index(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
+        self.peer(&req)?;
         reply(self.app.read_index().await.map_err(|e| e.detail))
     }
 
-    async fn local_status(&self, _req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
+    async fn local_status(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
+        self.peer(&req)?;
         let s = self.app.local_status();
         Ok(Response::new(pb::Blob {
             data: serde_json::to_vec(&s).expect("status serializes"),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_url;
+
+    #[test]
+    fn peer_urls_follow_the_tls_setting_and_refuse_a_mismatch() {
+        assert_eq!(
+            peer_url("10.0.0.1:9090", false).unwrap(),
+            "http://10.0.0.1:9090"
+        );
+        assert_eq!(
+            peer_url("10.0.0.1:9090", true).unwrap(),
+            "https://10.0.0.1:9090"
+        );
+        assert_eq!(peer_url("http://h:1", false).unwrap(), "http://h:1");
+        assert_eq!(peer_url("https://h:1", true).unwrap(), "https://h:1");
+        assert!(
+            peer_url("http://h:1", true)
+                .unwrap_err()
+                .contains("mutual TLS")
+        );
+        assert!(
+            peer_url("https://h:1", false)
+                .unwrap_err()
+                .contains("--tls")
+        );
+        assert!(peer_url("ftp://h:1", false).is_err());
     }
 }

@@ -189,7 +189,7 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn rate_limited(what: &str, wait: Duration) -> Response {
+fn rate_limited_error(what: &str, wait: Duration) -> ApiError {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let mut e = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -197,32 +197,77 @@ fn rate_limited(what: &str, wait: Duration) -> Response {
         format!("too many requests from this {what}; retry after {secs} s"),
     );
     e.retry_after = Some(secs);
-    e.into_response()
+    e
+}
+
+fn rate_limited(what: &str, wait: Duration) -> Response {
+    rate_limited_error(what, wait).into_response()
+}
+
+impl Limiter {
+    fn is_off(&self) -> bool {
+        self.addresses.is_none() && self.principals.is_none()
+    }
+
+    /// The address bucket, then the principal bucket: `Err` names the one that is empty and
+    /// how long until it has a token again.
+    fn check(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &HeaderMap,
+    ) -> Result<(), (&'static str, Duration)> {
+        let now = Instant::now();
+        if let Some(buckets) = &self.addresses {
+            match peer {
+                Some(peer) => buckets
+                    .take(&address_key(peer.ip()), now)
+                    .map_err(|wait| ("client address", wait))?,
+                None => {
+                    tracing::warn!("no peer address on a request: per-address rate limit skipped")
+                }
+            }
+        }
+        if let Some(buckets) = &self.principals
+            && let Some(p) = self.principal_of(headers)
+        {
+            buckets.take(&p, now).map_err(|wait| ("principal", wait))?;
+        }
+        Ok(())
+    }
 }
 
 /// The middleware: the address bucket, then the principal bucket, then the handler.
 pub async fn limit(State(l): State<Arc<Limiter>>, req: Request, next: Next) -> Response {
-    if (l.addresses.is_none() && l.principals.is_none()) || exempt(req.uri().path()) {
+    if l.is_off() || exempt(req.uri().path()) {
         return next.run(req).await;
     }
-    let now = Instant::now();
-    if let Some(buckets) = &l.addresses {
-        match req.extensions().get::<ConnectInfo<SocketAddr>>() {
-            Some(ConnectInfo(peer)) => {
-                if let Err(wait) = buckets.take(&address_key(peer.ip()), now) {
-                    return rate_limited("client address", wait);
-                }
-            }
-            None => tracing::warn!("no peer address on a request: per-address rate limit skipped"),
-        }
-    }
-    if let Some(buckets) = &l.principals
-        && let Some(p) = l.principal_of(req.headers())
-        && let Err(wait) = buckets.take(&p, now)
-    {
-        return rate_limited("principal", wait);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    if let Err((what, wait)) = l.check(peer, req.headers()) {
+        return rate_limited(what, wait);
     }
     next.run(req).await
+}
+
+/// The same limits on the public gRPC service (`ticketledger.v1.Ledger`; health, reflection
+/// and node-to-node calls are not counted), sharing the HTTP side's buckets: over the limit,
+/// `RESOURCE_EXHAUSTED` with `x-ticketledger-code: rate_limited`, `x-ticketledger-status: 429`
+/// and `retry-after` (whole seconds) in the metadata.
+pub fn grpc_interceptor(
+    l: Arc<Limiter>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req: tonic::Request<()>| {
+        if l.is_off() {
+            return Ok(req);
+        }
+        let headers = req.metadata().clone().into_headers();
+        match l.check(req.remote_addr(), &headers) {
+            Ok(()) => Ok(req),
+            Err((what, wait)) => Err(rate_limited_error(what, wait).into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl HttpProvider {
     pub fn new(base: impl Into<String>, timeout: Duration) -> HttpProvider {
         HttpProvider {
             base: base.into().trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
+            http: client::tls::http_builder()
                 .pool_max_idle_per_host(256)
                 .build()
                 .expect("an HTTP client builds"),

@@ -159,7 +159,9 @@ pub fn router(cfg: SimConfig) -> axum::Router {
         captured_minor: AtomicU64::new(0),
         refunded_minor: AtomicU64::new(0),
         callbacks_sent: AtomicU64::new(0),
-        http: reqwest::Client::new(),
+        http: client::tls::http_builder()
+            .build()
+            .expect("an HTTP client builds"),
     });
     axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -33,6 +33,10 @@ struct Cli {
     /// API key (sent as `Authorization: Bearer`).
     #[arg(long, env = "TICKETLEDGER_KEY", global = true, hide_env_values = true)]
     key: Option<String>,
+    /// The cluster's CA certificate (PEM), to verify `https://` nodes (a cluster run with
+    /// `ticketd --tls-ca`); without it, `https://` is checked against the system's roots.
+    #[arg(long, env = "TICKETLEDGER_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -424,9 +428,14 @@ fn connect(cli: &Cli) -> anyhow::Result<Client> {
             "give --url (or TICKETLEDGER_URL) with one or more node addresses; for a dev cluster: eval \"$(ticketctl dev env --dir DIR)\""
         );
     }
-    let c = Client::try_new(cli.urls.clone())
+    let mut c = Client::try_new(cli.urls.clone())
         .map_err(anyhow::Error::msg)?
         .with_deadline(Duration::from_secs(cli.timeout_secs));
+    if let Some(path) = &cli.ca_cert {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --ca-cert {}", path.display()))?;
+        c = c.with_ca_cert(&pem).map_err(anyhow::Error::msg)?;
+    }
     Ok(match &cli.key {
         Some(k) => c.with_key(k.clone()),
         None => c,
