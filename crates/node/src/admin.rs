@@ -66,6 +66,8 @@ impl App {
             _ if node.is_some() && !is_voter => "learner",
             _ => "follower",
         };
+        let (applied_index, state_hash) =
+            self.ledger.read(|l| (l.state().last_index, l.state_hash()));
         api::NodeStatus {
             id: self.cfg.id,
             grpc_addr: node
@@ -77,8 +79,9 @@ impl App {
             role: role.into(),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            state_hash: hex(&self.ledger.read(|l| l.state_hash())),
+            // Read together, from the ledger itself, so the hash is the one of that index.
+            applied_index,
+            state_hash: hex(&state_hash),
             error: None,
         }
     }
