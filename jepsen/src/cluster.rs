@@ -70,6 +70,9 @@ pub struct Cluster {
     /// wall clock is its real one plus the offset in its `faketime` file, changeable live.
     faketime: Mutex<Option<PathBuf>>,
     proxy: Option<crate::proxy::Proxy>,
+    /// Set by the first teardown: later ones (on drop) must not touch a prefix that another
+    /// harness may have taken meanwhile.
+    torn_down: std::sync::atomic::AtomicBool,
 }
 
 /// Every namespace prefix this harness may use; `jepsen cleanup` removes them all.
@@ -147,14 +150,59 @@ pub fn ensure_tools() -> anyhow::Result<()> {
 }
 
 /// Remove every namespace of every prefix, killing the processes inside them first.
+/// The file naming the harness process that owns prefix `k` (so that two harnesses on one
+/// machine never take, or clean up, each other's namespaces).
+fn owner_file(k: u8) -> PathBuf {
+    PathBuf::from(format!("/run/jepsen-jp{k}.pid"))
+}
+
+/// Prefix `k` belongs to a harness that is still running (not this one).
+fn owned_by_live_harness(k: u8) -> bool {
+    std::fs::read_to_string(owner_file(k))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .is_some_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Take prefix `k` for this process: create its owner file exclusively (a stale one, of a
+/// dead harness, is replaced).
+fn claim(k: u8) -> bool {
+    let path = owner_file(k);
+    let write = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| {
+                use std::io::Write;
+                write!(f, "{}", std::process::id())
+            })
+    };
+    if write().is_ok() {
+        return true;
+    }
+    if owned_by_live_harness(k) {
+        return false;
+    }
+    let _ = std::fs::remove_file(&path);
+    write().is_ok()
+}
+
+/// Remove every namespace of every prefix no running harness owns, killing the processes
+/// inside them first.
 pub fn cleanup_all() -> usize {
     let mut removed = 0;
     for name in ns_names() {
-        let ours = name
+        let prefix = name
             .strip_prefix("jp")
             .and_then(|r| r.split_once('-'))
-            .is_some_and(|(k, _)| k.parse::<u8>().is_ok_and(|k| k < PREFIXES));
-        if !ours {
+            .and_then(|(k, _)| k.parse::<u8>().ok())
+            .filter(|k| *k < PREFIXES);
+        let Some(k) = prefix else {
+            continue;
+        };
+        if owned_by_live_harness(k) {
+            println!("jepsen: leaving {name}: a running harness owns it");
             continue;
         }
         kill_ns_pids(&name);
@@ -162,8 +210,9 @@ pub fn cleanup_all() -> usize {
             removed += 1;
         }
     }
-    for k in 0..PREFIXES {
+    for k in (0..PREFIXES).filter(|k| !owned_by_live_harness(*k)) {
         let _ = sh(&["ip", "link", "del", &format!("jp{k}h")]);
+        let _ = std::fs::remove_file(owner_file(k));
     }
     removed
 }
@@ -205,7 +254,11 @@ impl Cluster {
             ensure_tools()?;
             let taken = ns_names();
             let k = (0..PREFIXES)
-                .find(|k| !taken.iter().any(|t| t.starts_with(&format!("jp{k}-"))))
+                .find(|k| {
+                    !owned_by_live_harness(*k)
+                        && !taken.iter().any(|t| t.starts_with(&format!("jp{k}-")))
+                        && claim(*k)
+                })
                 .ok_or_else(|| {
                     anyhow!("all {PREFIXES} namespace prefixes are in use: run `jepsen cleanup`")
                 })?;
@@ -263,6 +316,7 @@ impl Cluster {
             starts: Mutex::new(Vec::new()),
             faketime: Mutex::new(None),
             proxy: matches!(net, Net::Proxy).then(crate::proxy::Proxy::default),
+            torn_down: std::sync::atomic::AtomicBool::new(false),
         };
         if let Some(p) = &cluster.proxy {
             for s in cluster.slots() {
@@ -787,6 +841,12 @@ impl Cluster {
 
     /// Kill every process and remove the namespaces (also run on drop).
     pub fn teardown(&self) {
+        if self
+            .torn_down
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         for s in 1..=self.len() {
             let _ = self.resume(s);
             let _ = self.kill(s);
@@ -802,6 +862,7 @@ impl Cluster {
                 }
             }
             let _ = sh(&["ip", "link", "del", &format!("jp{k}h")]);
+            let _ = std::fs::remove_file(owner_file(k));
         }
     }
 }
