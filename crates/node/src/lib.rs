@@ -48,6 +48,9 @@ fn raft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
     c.validate().context("invalid Raft timing")
 }
 
+/// Resets of not yet accepted gRPC streams tolerated per connection (see `run`).
+const MAX_PENDING_RESET_STREAMS: usize = 4_096;
+
 /// Open the store, start Raft, serve HTTP and gRPC until SIGTERM or Ctrl-C.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -91,7 +94,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .build_v1()
         .context("building the gRPC reflection service")?;
     let mut rx = shutdown_rx.clone();
-    let mut grpc_server = tonic::transport::Server::builder();
+    // Peers cancel the calls whose deadline passed (forwarded writes, read indexes) with an
+    // RST_STREAM. h2's default answer to more than 20 such resets pending is to close the
+    // whole connection (rapid-reset protection), which took every replication and heartbeat
+    // stream between two nodes down with it under load, and a leader with it: allow a
+    // bounded number that a busy cluster can produce.
+    let mut grpc_server = tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS));
     if let Some(t) = &cfg.tls {
         grpc_server = grpc_server
             .tls_config(tls::grpc_server_config(t))
