@@ -12,8 +12,11 @@
 #   SYSTEMS="ticketledger redis" scripts/bench-peers.sh   # a subset
 #
 # Knobs (environment): WORKLOADS, SYSTEMS, DURATION, WARMUP (seconds), TL_CLIENTS,
-# ETCD_CLIENTS, PG_CLIENTS, REDIS_CLIENTS, LAYOUT (extra loadgen flags), OUT (results dir),
-# BIN_DIR (use these binaries instead of building).
+# ETCD_CLIENTS, PG_CLIENTS, REDIS_CLIENTS, TL_PROTOCOL (grpc, the default, like the etcd
+# driver; or http), LAYOUT (extra loadgen flags), OUT (results dir), BIN_DIR (use these
+# binaries instead of building). Every run also reports CPU per completed request of the
+# loadgen and of the servers it can watch (each ticketd, each etcd member, redis-server;
+# PostgreSQL's per-connection backends are not watched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -26,6 +29,7 @@ TL_CLIENTS=${TL_CLIENTS:-256}
 ETCD_CLIENTS=${ETCD_CLIENTS:-256}
 PG_CLIENTS=${PG_CLIENTS:-64}
 REDIS_CLIENTS=${REDIS_CLIENTS:-64}
+TL_PROTOCOL=${TL_PROTOCOL:-grpc}
 LAYOUT=${LAYOUT:-}
 OUT=${OUT:-bench/results}
 
@@ -89,6 +93,8 @@ wait_for() {
 read -r -a ports <<<"$("$bin/loadgen" free-ports 8)"
 
 etcd_urls=""
+etcd_watch=()
+redis_watch=()
 if wants etcd; then
     echo "==> etcd $(etcd --version | head -1 | awk '{print $3}'): 3 members"
     cluster=""
@@ -101,6 +107,7 @@ if wants etcd; then
             --initial-cluster "$cluster" --initial-cluster-token bench-peers --initial-cluster-state new \
             --logger zap --log-level warn >"$work/etcd$i.log" 2>&1 &
         peer_pids+=($!)
+        etcd_watch+=(--watch-pid "$!")
         etcd_urls+="${etcd_urls:+,}http://127.0.0.1:$c"
     done
     for i in 0 1 2; do
@@ -128,6 +135,7 @@ if wants redis; then
     redis-server --port "${ports[7]}" --bind 127.0.0.1 --dir "$work/redis" --appendonly yes \
         --appendfsync always --save "" --daemonize no --protected-mode no >"$work/redis.log" 2>&1 &
     peer_pids+=($!)
+    redis_watch+=(--watch-pid "$!")
     wait_for "redis" 30 redis-cli -p "${ports[7]}" ping
     redis_url="redis://127.0.0.1:${ports[7]}"
 fi
@@ -145,10 +153,10 @@ for w in $WORKLOADS; do
         common=(run --system "$s" --workload "$w" --duration-secs "$DURATION" --warmup-secs "$WARMUP"
             --json "$res/$w-$s.json" $LAYOUT)
         case $s in
-            ticketledger) "$bin/loadgen" "${common[@]}" --clients "$TL_CLIENTS" --cluster-dir "$tl_dir" --watch-cluster ;;
-            etcd) "$bin/loadgen" "${common[@]}" --clients "$ETCD_CLIENTS" --etcd "$etcd_urls" ;;
+            ticketledger) "$bin/loadgen" "${common[@]}" --clients "$TL_CLIENTS" --cluster-dir "$tl_dir" --watch-cluster --tl-protocol "$TL_PROTOCOL" ;;
+            etcd) "$bin/loadgen" "${common[@]}" --clients "$ETCD_CLIENTS" --etcd "$etcd_urls" "${etcd_watch[@]}" ;;
             postgres) "$bin/loadgen" "${common[@]}" --clients "$PG_CLIENTS" --pg "$pg_url" --pg-connections "$PG_CLIENTS" ;;
-            redis) "$bin/loadgen" "${common[@]}" --clients "$REDIS_CLIENTS" --redis "$redis_url" ;;
+            redis) "$bin/loadgen" "${common[@]}" --clients "$REDIS_CLIENTS" --redis "$redis_url" "${redis_watch[@]}" ;;
             *) echo "error: unknown system $s (ticketledger etcd postgres redis)" >&2; exit 2 ;;
         esac
     done

@@ -24,3 +24,8 @@ for w in hold hold-confirm queue read mix; do
 done
 "$bin/loadgen" compare "$lg"/*.json --json "$lg/peers.json" --svg "$lg/peers.svg" >/dev/null
 test -s "$lg/peers.json" && test -s "$lg/peers.svg"
+echo "==> overload harness: open loop at 2x a 1-second closed-loop rate, over gRPC (no timing asserted)"
+BIN_DIR="$bin" OUT="$lg/overload" MULT=2 BASE_SECS=1 BASE_CLIENTS=4 DURATION=1 LG_INFLIGHT=64 \
+    LAYOUT="--performances 2 --sections 1 --rows 10 --seats-per-row 10 --buyers 20" \
+    scripts/bench-overload.sh >/dev/null
+test -s "$lg/overload/overload.json" && test -s "$lg/overload/overload-base.json"

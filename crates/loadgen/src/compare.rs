@@ -83,12 +83,12 @@ fn summary(r: &RunResult) -> Summary {
 }
 
 fn server_cpu(r: &RunResult) -> f64 {
-    let sum: f64 = r
+    // Folded from +0.0: an empty f64 sum is -0.0, which would print as "-0.0".
+    let sum = r
         .cpu
         .iter()
         .filter(|c| c.process != "loadgen")
-        .map(|c| c.us_per_completed)
-        .sum();
+        .fold(0.0, |acc, c| acc + c.us_per_completed);
     (sum * 10.0).round() / 10.0
 }
 
@@ -107,11 +107,18 @@ pub fn cpu_line(r: &RunResult) -> Option<String> {
             )
         })
         .collect();
-    Some(format!(
-        "cpu µs per completed request: {}; servers together {:.1}",
-        parts.join(", "),
-        server_cpu(r)
-    ))
+    let servers = r.cpu.iter().filter(|c| c.process != "loadgen").count();
+    Some(match servers {
+        0 => format!(
+            "cpu µs per completed request: {} (no server process watched)",
+            parts.join(", ")
+        ),
+        _ => format!(
+            "cpu µs per completed request: {}; servers together {:.1}",
+            parts.join(", "),
+            server_cpu(r)
+        ),
+    })
 }
 
 fn ratio(num: f64, den: f64) -> f64 {

@@ -38,7 +38,7 @@ impl System {
     /// What the result should say about how this system was run (durability, endpoints).
     pub fn notes(&self) -> Vec<String> {
         match self {
-            System::Ticketledger(s) => s.notes.clone(),
+            System::Ticketledger(s) => s.notes(),
             System::Etcd(s) => s.notes.clone(),
             System::Postgres(s) => s.notes.clone(),
             System::Redis(s) => s.notes.clone(),

@@ -68,8 +68,13 @@ pub struct Ticketledger {
     performances: Vec<String>,
     rooms: Vec<String>,
     read_holds: Vec<String>,
-    pub notes: Vec<String>,
+    notes: Vec<String>,
+    /// The first few distinct failures that were not the node's own answers (transport).
+    failures: std::sync::Mutex<Vec<String>>,
 }
+
+/// Distinct transport failures kept for the result's notes.
+const FAILURES_KEPT: usize = 4;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -208,7 +213,28 @@ impl Ticketledger {
                 protocol_note,
             ],
             targets,
+            failures: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The setup's notes and the first distinct transport failures seen.
+    pub fn notes(&self) -> Vec<String> {
+        let mut n = self.notes.clone();
+        let f = self.failures.lock().expect("failures lock");
+        n.extend(f.iter().map(|e| format!("transport failure seen: {e}")));
+        n
+    }
+
+    fn failed(&self, s: &tonic::Status) -> Outcome {
+        let o = classify_grpc(s);
+        if o == Outcome::Transport {
+            let text = format!("{:?}: {}", s.code(), s.message());
+            let mut f = self.failures.lock().expect("failures lock");
+            if f.len() < FAILURES_KEPT && !f.contains(&text) {
+                f.push(text);
+            }
+        }
+        o
     }
 
     fn base(&self) -> &str {
@@ -310,7 +336,7 @@ impl Ticketledger {
                         }
                         match self.grpc_client().confirm_hold(req).await {
                             Ok(_) => Outcome::Ok,
-                            Err(s) => classify_grpc(&s),
+                            Err(s) => self.failed(&s),
                         }
                     }
                     (outcome, _) => outcome,
@@ -325,7 +351,7 @@ impl Ticketledger {
                     .insert("authorization", self.grpc_buyers[buyer as usize].clone());
                 match self.grpc_client().join_queue(req).await {
                     Ok(_) => Outcome::Ok,
-                    Err(s) => classify_grpc(&s),
+                    Err(s) => self.failed(&s),
                 }
             }
             Op::Read { .. } => unreachable!("reads go over HTTP"),
@@ -346,7 +372,7 @@ impl Ticketledger {
             .insert("authorization", self.grpc_buyers[buyer as usize].clone());
         match self.grpc_client().place_hold(req).await {
             Ok(h) => (Outcome::Ok, Some(h.into_inner().hold_id)),
-            Err(s) => (classify_grpc(&s), None),
+            Err(s) => (self.failed(&s), None),
         }
     }
 }
@@ -363,7 +389,6 @@ fn classify_grpc(s: &tonic::Status) -> Outcome {
         Some(status) => classify_status(status),
         None => match s.code() {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Outcome::Timeout,
-            tonic::Code::ResourceExhausted => Outcome::RateLimited,
             _ => Outcome::Transport,
         },
     }
