@@ -38,11 +38,11 @@
 
 pub use api::grpc as pb;
 
-use crate::{Error, Result, new_idempotency_key};
+use crate::{new_idempotency_key, Error, Result};
 use pb::admin_client::AdminClient;
 use pb::ledger_client::LedgerClient;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -143,6 +143,8 @@ keyed!(
     pb::CreateApiKeyRequest,
     pb::RecordPaymentRequest,
     pb::CheckInRequest,
+    pb::UpdateEventRequest,
+    pb::BlockSeatsRequest,
 );
 
 /// One unary RPC per method: `write` ones get a request_id for all their attempts.
@@ -413,6 +415,12 @@ impl GrpcClient {
     read list_bookings(pb::ListBookingsRequest) -> pb::BookingList);
     rpc!(/// Mark the ticket with this code used, once (`ticket_used` the second time).
     write check_in(pb::CheckInRequest) -> pb::CheckedIn);
+    rpc!(/// Replace an event's given fields (its owner or an operator).
+    write update_event(pb::UpdateEventRequest) -> pb::Event);
+    rpc!(/// Block or unblock named seats (the performance's owner or an operator).
+    write block_seats(pb::BlockSeatsRequest) -> pb::SeatsBlocked);
+    rpc!(/// A performance's sales (its organizer or an operator), `csv` too when asked.
+    read get_sales_report(pb::SalesReportRequest) -> pb::SalesReport);
     rpc!(write refund(pb::RefundRequest) -> pb::Refunded);
     rpc!(write join_queue(pb::JoinQueueRequest) -> pb::QueueStatus);
     rpc!(read get_queue(pb::QueueRef) -> pb::QueueStatus);

@@ -5,6 +5,7 @@ use crate::app::{App, Consistency};
 use crate::convert::*;
 use crate::error::ApiError;
 use crate::http::authenticate;
+use crate::http_manage;
 use ledger::*;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -172,20 +173,69 @@ fn performance_pb(l: &Ledger, p: &ledger::Performance) -> pb::Performance {
         hold_ttl_ms: p.hold_ttl_ms,
         max_seats_per_order: u32::from(p.max_seats_per_order),
         categories: v.categories,
-        sections: v
-            .sections
-            .into_iter()
-            .map(|s| pb::SectionAvailability {
-                section: s.section,
-                capacity: s.capacity,
-                available: s.available,
-                held: s.held,
-                sold: s.sold,
-                blocked: s.blocked,
-            })
-            .collect(),
+        sections: v.sections.into_iter().map(section_pb).collect(),
         revenue_minor: v.revenue_minor,
         currency: v.currency,
+    }
+}
+
+fn section_pb(s: api::SectionAvailability) -> pb::SectionAvailability {
+    pb::SectionAvailability {
+        section: s.section,
+        capacity: s.capacity,
+        available: s.available,
+        held: s.held,
+        sold: s.sold,
+        blocked: s.blocked,
+    }
+}
+
+fn sales_report_pb(r: api::SalesReport, csv: String) -> pb::SalesReport {
+    let t = r.totals;
+    pb::SalesReport {
+        performance_id: r.performance_id,
+        event_id: r.event_id,
+        status: r.status,
+        currency: r.currency,
+        as_of: r.as_of,
+        totals: Some(pb::Availability {
+            capacity: t.capacity,
+            available: t.available,
+            held: t.held,
+            sold: t.sold,
+            blocked: t.blocked,
+        }),
+        sections: r.sections.into_iter().map(section_pb).collect(),
+        bookings: r.bookings,
+        tickets_sold: r.tickets_sold,
+        tickets_refunded: r.tickets_refunded,
+        tickets_checked_in: r.tickets_checked_in,
+        revenue_minor: r.revenue_minor,
+        refunded_minor: r.refunded_minor,
+        by_category: r
+            .by_category
+            .into_iter()
+            .map(|c| pb::CategorySales {
+                category: c.category,
+                tickets_sold: c.tickets_sold,
+                revenue_minor: c.revenue_minor,
+                tickets_refunded: c.tickets_refunded,
+                refunded_minor: c.refunded_minor,
+            })
+            .collect(),
+        bucket_secs: r.bucket_secs,
+        over_time: r
+            .over_time
+            .into_iter()
+            .map(|b| pb::SalesBucket {
+                starts_at: b.starts_at,
+                starts_at_ms: b.starts_at_ms,
+                bookings: b.bookings,
+                tickets_sold: b.tickets_sold,
+                revenue_minor: b.revenue_minor,
+            })
+            .collect(),
+        csv,
     }
 }
 
@@ -339,8 +389,8 @@ type FeedStream = std::pin::Pin<
 /// leader is known (a follower that stops hearing from it starts an election and forgets it
 /// within one election timeout).
 pub fn can_serve(app: &App) -> std::result::Result<(), String> {
-    use openraft::Instant as _;
     use openraft::type_config::async_runtime::WatchReceiver as _;
+    use openraft::Instant as _;
     app.readiness()?;
     let m = app.raft.metrics().borrow_watched().clone();
     if m.current_leader != Some(app.cfg.id) {
@@ -1202,6 +1252,69 @@ impl pb::ledger_server::Ledger for LedgerService {
             section: t.section,
             category: t.category,
         }))
+    }
+
+    async fn update_event(&self, req: Request<pb::UpdateEventRequest>) -> Result<pb::Event> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let event: EventId = parse_id(&r.event_id, "event")?;
+        let update = api::UpdateEvent {
+            name: r.name,
+            category: r.category,
+            description: r.description,
+            media: r.replace_media.then(|| {
+                r.media
+                    .into_iter()
+                    .map(|m| api::MediaItem {
+                        kind: m.kind,
+                        url: m.url,
+                    })
+                    .collect()
+            }),
+        };
+        let op = http_manage::update_event_op(&self.app, event, update).await?;
+        let reply = self.write(p, &r.request_id, op).await?;
+        let e = http_manage::updated_event(&self.app, event, reply).await?;
+        Ok(Response::new(event_pb(e)))
+    }
+
+    async fn block_seats(&self, req: Request<pb::BlockSeatsRequest>) -> Result<pb::SeatsBlocked> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let performance: PerformanceId = parse_id(&r.performance_id, "performance")?;
+        let b = api::BlockSeats {
+            seats: r.seats,
+            blocked: r.blocked,
+        };
+        let op = http_manage::block_seats_op(&self.app, performance, &b).await?;
+        let done = http_manage::seats_blocked(self.write(p, &r.request_id, op).await?)?;
+        Ok(Response::new(pb::SeatsBlocked {
+            changed: done.changed,
+        }))
+    }
+
+    async fn get_sales_report(
+        &self,
+        req: Request<pb::SalesReportRequest>,
+    ) -> Result<pb::SalesReport> {
+        let p = self.principal(&req).await?;
+        let r = req.into_inner();
+        let performance: PerformanceId = parse_id(&r.performance_id, "performance")?;
+        let bucket_secs = (r.bucket_secs != 0).then_some(r.bucket_secs);
+        let report = http_manage::sales_report_of(
+            &self.app,
+            p,
+            performance,
+            bucket_secs,
+            consistency(r.stale),
+        )
+        .await?;
+        let csv = if r.csv {
+            http_manage::sales_csv(&report)
+        } else {
+            String::new()
+        };
+        Ok(Response::new(sales_report_pb(report, csv)))
     }
 }
 

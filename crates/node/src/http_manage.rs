@@ -6,11 +6,11 @@
 use crate::app::{App, Consistency};
 use crate::convert::{booking_view, event_view, parse_id, performance_view};
 use crate::error::ApiError;
-use crate::http::{Body, authenticate, write_as};
-use axum::Json;
+use crate::http::{authenticate, write_as, Body};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use ledger::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -214,12 +214,19 @@ pub async fn update_event(
 ) -> Result<Json<api::Event>> {
     let event: EventId = parse_id(&id, "event")?;
     let principal = authenticate(&app, &headers).await?;
+    let op = update_event_op(&app, event, b).await?;
+    let reply = write_as(&app, &headers, principal, op).await?;
+    updated_event(&app, event, reply).await.map(Json)
+}
+
+/// The ledger op of an event update (HTTP and gRPC): the fields not given are today's, as
+/// the op replaces all of them.
+pub(crate) async fn update_event_op(app: &App, event: EventId, b: api::UpdateEvent) -> Result<Op> {
     if b == api::UpdateEvent::default() {
         return Err(ApiError::invalid(
             "give at least one of name, category, description, media",
         ));
     }
-    // The fields not given are today's: the ledger's op replaces all of them.
     let current = app
         .read(Consistency::Linearizable, |l| {
             l.state().events.get(&event).map(|e| event_view(l, e))
@@ -227,7 +234,7 @@ pub async fn update_event(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no event {event}")))?;
     let media = b.media.unwrap_or(current.media);
-    let op = Op::UpdateEvent {
+    Ok(Op::UpdateEvent {
         event,
         name: b.name.unwrap_or(current.name),
         category: b.category.unwrap_or(current.category),
@@ -239,8 +246,12 @@ pub async fn update_event(
                 url: m.url,
             })
             .collect(),
-    };
-    match write_as(&app, &headers, principal, op).await? {
+    })
+}
+
+/// The event as the update of `update_event_op` left it.
+pub(crate) async fn updated_event(app: &App, event: EventId, reply: Reply) -> Result<api::Event> {
+    match reply {
         Reply::EventUpdated => {}
         other => return Err(ApiError::internal(format!("unexpected reply {other:?}"))),
     }
@@ -248,7 +259,6 @@ pub async fn update_event(
         l.state().events.get(&event).map(|e| event_view(l, e))
     })
     .await?
-    .map(Json)
     .ok_or_else(|| ApiError::internal("event updated but not readable"))
 }
 
@@ -262,6 +272,17 @@ pub async fn block_seats(
 ) -> Result<Json<api::SeatsBlocked>> {
     let performance: PerformanceId = parse_id(&id, "performance")?;
     let principal = authenticate(&app, &headers).await?;
+    let op = block_seats_op(&app, performance, &b).await?;
+    seats_blocked(write_as(&app, &headers, principal, op).await?).map(Json)
+}
+
+/// The ledger op of a blocked-seats call (HTTP and gRPC): the seats' names resolved in the
+/// performance's venue.
+pub(crate) async fn block_seats_op(
+    app: &App,
+    performance: PerformanceId,
+    b: &api::BlockSeats,
+) -> Result<Op> {
     if b.seats.is_empty() {
         return Err(ApiError::invalid("name at least one seat"));
     }
@@ -293,13 +314,16 @@ pub async fn block_seats(
         Err(e) if e.code == "not_found" => app.read(Consistency::Linearizable, resolve).await??,
         other => other?,
     };
-    let op = Op::SetSeatsBlocked {
+    Ok(Op::SetSeatsBlocked {
         performance,
         seats,
         blocked: b.blocked,
-    };
-    match write_as(&app, &headers, principal, op).await? {
-        Reply::SeatsBlocked { changed } => Ok(Json(api::SeatsBlocked { changed })),
+    })
+}
+
+pub(crate) fn seats_blocked(reply: Reply) -> Result<api::SeatsBlocked> {
+    match reply {
+        Reply::SeatsBlocked { changed } => Ok(api::SeatsBlocked { changed }),
         other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
     }
 }
@@ -333,31 +357,8 @@ pub async fn sales_report(
             )));
         }
     };
-    let bucket_secs = q.bucket_secs.unwrap_or(3600);
-    if !REPORT_BUCKET_SECS.contains(&bucket_secs) {
-        return Err(ApiError::bad_request(format!(
-            "bucket_secs must be {}..={}",
-            REPORT_BUCKET_SECS.start(),
-            REPORT_BUCKET_SECS.end()
-        )));
-    }
-    let operator = app.is_operator(principal).await?;
     let c = consistency(q.consistency.as_deref())?;
-    let report = app
-        .read(c, |l| {
-            let p = l
-                .state()
-                .performances
-                .get(&performance)
-                .ok_or_else(|| ApiError::not_found(format!("no performance {performance}")))?;
-            if !operator && p.owner != principal {
-                return Err(ApiError::forbidden(
-                    "only the performance's organizer or an operator reads its sales",
-                ));
-            }
-            sales_of(l, p, bucket_secs)
-        })
-        .await??;
+    let report = sales_report_of(&app, principal, performance, q.bucket_secs, c).await?;
     if csv {
         Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -367,6 +368,40 @@ pub async fn sales_report(
     } else {
         Ok(Json(report).into_response())
     }
+}
+
+/// A performance's sales report as `principal` may read it (HTTP and gRPC): its organizer
+/// or an operator; `bucket_secs` None is an hour.
+pub(crate) async fn sales_report_of(
+    app: &App,
+    principal: Principal,
+    performance: PerformanceId,
+    bucket_secs: Option<u64>,
+    c: Consistency,
+) -> Result<api::SalesReport> {
+    let bucket_secs = bucket_secs.unwrap_or(3600);
+    if !REPORT_BUCKET_SECS.contains(&bucket_secs) {
+        return Err(ApiError::bad_request(format!(
+            "bucket_secs must be {}..={}",
+            REPORT_BUCKET_SECS.start(),
+            REPORT_BUCKET_SECS.end()
+        )));
+    }
+    let operator = app.is_operator(principal).await?;
+    app.read(c, |l| {
+        let p = l
+            .state()
+            .performances
+            .get(&performance)
+            .ok_or_else(|| ApiError::not_found(format!("no performance {performance}")))?;
+        if !operator && p.owner != principal {
+            return Err(ApiError::forbidden(
+                "only the performance's organizer or an operator reads its sales",
+            ));
+        }
+        sales_of(l, p, bucket_secs)
+    })
+    .await?
 }
 
 /// The report of one performance, from its bookings (one pass over the booking index).
@@ -439,7 +474,7 @@ fn sales_of(l: &Ledger, p: &Performance, bucket_secs: u64) -> Result<api::SalesR
 
 /// One table: a `kind` column says which part of the report a row is (`total`, `section`,
 /// `category`, `time`); the columns a kind does not have stay empty.
-fn sales_csv(r: &api::SalesReport) -> String {
+pub(crate) fn sales_csv(r: &api::SalesReport) -> String {
     let mut out = String::from(
         "kind,key,capacity,available,held,sold,blocked,tickets_sold,revenue_minor,tickets_refunded,refunded_minor,bookings,currency\n",
     );
