@@ -3,7 +3,7 @@
 //! checkout), their authorization and stable codes; `grpc.health.v1.Health` following
 //! readiness; reflection listing the services (what `grpcurl -plaintext host:port list` asks).
 
-use client::grpc::{GrpcClient, pb};
+use client::grpc::{pb, GrpcClient};
 use cluster_tests::*;
 use std::time::{Duration, Instant};
 
@@ -423,20 +423,18 @@ async fn checkout_calls_over_grpc_with_request_ids_and_roles() {
         .await
         .unwrap();
     assert_eq!(all.checkouts.len(), 1);
-    assert!(
-        service
-            .list_checkouts(pb::ListCheckoutsRequest::default())
-            .await
-            .unwrap()
-            .checkouts
-            .is_empty()
-    );
+    assert!(service
+        .list_checkouts(pb::ListCheckoutsRequest::default())
+        .await
+        .unwrap()
+        .checkouts
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_follows_readiness_and_reflection_lists_the_services() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let t = TestCluster::start(3, &[]).await.unwrap();
     // Watch a follower: a leader cut off from its quorum may go on believing it leads.
     let leader = t.c().wait_leader(WAIT).await.unwrap();
@@ -471,10 +469,10 @@ async fn health_follows_readiness_and_reflection_lists_the_services() {
 
     // Reflection: the services a `grpcurl list` shows, and the descriptor of the API.
     {
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
         use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
         let mut r = ServerReflectionClient::new(channel.clone());
         let reqs = vec![
             ServerReflectionRequest {
@@ -561,4 +559,285 @@ async fn health_follows_readiness_and_reflection_lists_the_services() {
         .await
         .unwrap();
     assert!(ready.status().is_success());
+}
+
+/// The organizer calls (UpdateEvent, BlockSeats, GetSalesReport) over gRPC against their
+/// HTTP twins: the same answers, another organizer refused alike, the same bad-input codes,
+/// and a retry with the same request_id applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn organizer_calls_over_grpc_match_http() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let admin = t.admin();
+    let nodes = admin.nodes();
+    let org_key = admin.create_api_key("org", "organizer").await.unwrap().key;
+    let rival_key = admin
+        .create_api_key("rival", "organizer")
+        .await
+        .unwrap()
+        .key;
+    let buyer_key = admin.create_api_key("b", "buyer").await.unwrap().key;
+    let org_http = client::Client::new(nodes.clone()).with_key(org_key.clone());
+    let rival_http = client::Client::new(nodes.clone()).with_key(rival_key.clone());
+    let org = GrpcClient::new(grpc_addrs(&t)).with_key(org_key);
+    let rival = GrpcClient::new(grpc_addrs(&t)).with_key(rival_key);
+    let buyer = GrpcClient::new(grpc_addrs(&t)).with_key(buyer_key);
+    let operator = GrpcClient::new(grpc_addrs(&t)).with_key(t.c().admin_key.clone());
+
+    let venue = org_http
+        .create_venue(&api::CreateVenue {
+            name: "Hall".into(),
+            sections: vec![api::SectionSpec::Seated {
+                name: "A".into(),
+                rows: vec![api::RowSpec {
+                    label: "1".into(),
+                    seats: 10,
+                }],
+            }],
+        })
+        .await
+        .unwrap();
+    let event = org_http
+        .create_event(&api::CreateEvent {
+            name: "Show".into(),
+            category: "music".into(),
+            description: "the first".into(),
+            media: vec![],
+        })
+        .await
+        .unwrap()
+        .event_id;
+    let perf = org_http
+        .create_performance(
+            &event,
+            &api::CreatePerformance {
+                venue_id: venue.venue_id,
+                starts_at: api::TimeInput::Rfc3339("2099-01-01T20:00:00Z".into()),
+                on_sale_at: api::TimeInput::UnixMs(0),
+                sale_ends_at: None,
+                hold_ttl_secs: 600,
+                payment_grace_secs: None,
+                max_seats_per_order: Some(4),
+                categories: None,
+                prices: vec![api::Price {
+                    section: "A".into(),
+                    category: None,
+                    amount_minor: 5000,
+                    currency: "EUR".into(),
+                }],
+                waiting_room: None,
+            },
+        )
+        .await
+        .unwrap()
+        .performance_id;
+    org_http
+        .update_performance(
+            &perf,
+            &api::UpdatePerformance {
+                status: "on_sale".into(),
+                seed: None,
+            },
+        )
+        .await
+        .unwrap();
+
+    // UpdateEvent: another organizer is refused as over HTTP; the owner's change is the
+    // event HTTP then reads; the same request_id again is the same answer.
+    let rename = |request_id: &str| pb::UpdateEventRequest {
+        event_id: event.clone(),
+        name: Some("Renamed".into()),
+        replace_media: true,
+        media: vec![pb::MediaItem {
+            kind: "image".into(),
+            url: "https://example.com/b.png".into(),
+        }],
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    let e = rival.update_event(rename("")).await.unwrap_err();
+    let http_e = rival_http
+        .update_event(
+            &event,
+            &api::UpdateEvent {
+                name: Some("x".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (403, "forbidden".into()));
+    assert_eq!(code(&e), code(&http_e));
+    let updated = org.update_event(rename("ue-1")).await.unwrap();
+    assert_eq!(
+        (updated.name.as_str(), updated.description.as_str()),
+        ("Renamed", "the first")
+    );
+    let http_event = org_http.event(&event).await.unwrap();
+    assert_eq!(
+        (
+            http_event.name.as_str(),
+            http_event.category.as_str(),
+            http_event.description.as_str(),
+            http_event.media.len(),
+            http_event.media[0].url.as_str(),
+        ),
+        (
+            updated.name.as_str(),
+            updated.category.as_str(),
+            updated.description.as_str(),
+            updated.media.len(),
+            updated.media[0].url.as_str(),
+        )
+    );
+    let retried = org.update_event(rename("ue-1")).await.unwrap();
+    assert_eq!(retried, updated);
+    let e = org
+        .update_event(pb::UpdateEventRequest {
+            event_id: event.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let http_e = org_http
+        .update_event(&event, &api::UpdateEvent::default())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (422, "invalid_input".into()));
+    assert_eq!(code(&e), code(&http_e));
+
+    // BlockSeats: refused to another organizer; a retry with its request_id is answered
+    // as the first time (2 changed), a new call on the same seats changes none, over
+    // either protocol; a seat not in the venue is the same code.
+    let block = |request_id: &str| pb::BlockSeatsRequest {
+        performance_id: perf.clone(),
+        seats: vec!["A:1:1".into(), "A:1:2".into()],
+        blocked: true,
+        request_id: request_id.into(),
+    };
+    let e = rival.block_seats(block("")).await.unwrap_err();
+    let http_e = rival_http
+        .block_seats(&perf, vec!["A:1:1".into()], true)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (403, "forbidden".into()));
+    assert_eq!(code(&e), code(&http_e));
+    assert_eq!(org.block_seats(block("bs-1")).await.unwrap().changed, 2);
+    assert_eq!(org.block_seats(block("bs-1")).await.unwrap().changed, 2);
+    assert_eq!(org.block_seats(block("bs-2")).await.unwrap().changed, 0);
+    let http_again = org_http
+        .block_seats(&perf, vec!["A:1:1".into(), "A:1:2".into()], true)
+        .await
+        .unwrap();
+    assert_eq!(http_again.changed, 0);
+    let mut bad = block("");
+    bad.seats = vec!["Z:9:9".into()];
+    let e = org.block_seats(bad).await.unwrap_err();
+    let http_e = org_http
+        .block_seats(&perf, vec!["Z:9:9".into()], true)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (422, "invalid_input".into()));
+    assert_eq!(code(&e), code(&http_e));
+    let seats = buyer
+        .get_seats(pb::GetSeatsRequest {
+            performance_id: perf.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let blocked: Vec<&str> = seats
+        .seats
+        .iter()
+        .filter(|s| s.state == "blocked")
+        .map(|s| s.seat.as_str())
+        .collect();
+    assert_eq!(blocked, ["A:1:1", "A:1:2"]);
+
+    // A sale, then GetSalesReport: the HTTP report's figures and its CSV table.
+    let h = buyer
+        .place_hold(pb::PlaceHoldRequest {
+            performance_id: perf.clone(),
+            seats: vec!["A:1:3".into(), "A:1:4".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    operator
+        .confirm_hold(pb::ConfirmHoldRequest {
+            hold_id: h.hold_id.clone(),
+            payment_ref: "pay-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let report = |csv: bool| pb::SalesReportRequest {
+        performance_id: perf.clone(),
+        csv,
+        ..Default::default()
+    };
+    let g = org.get_sales_report(report(true)).await.unwrap();
+    let http = org_http.sales_report(&perf, None).await.unwrap();
+    let totals = g.totals.clone().unwrap();
+    assert_eq!(
+        (
+            g.performance_id.as_str(),
+            g.event_id.as_str(),
+            g.status.as_str(),
+            g.currency.as_str(),
+            g.bookings,
+            g.tickets_sold,
+            g.revenue_minor,
+            g.bucket_secs,
+            (
+                totals.capacity,
+                totals.sold,
+                totals.blocked,
+                totals.available
+            ),
+        ),
+        (
+            http.performance_id.as_str(),
+            http.event_id.as_str(),
+            http.status.as_str(),
+            http.currency.as_str(),
+            http.bookings,
+            http.tickets_sold,
+            http.revenue_minor,
+            http.bucket_secs,
+            (
+                http.totals.capacity,
+                http.totals.sold,
+                http.totals.blocked,
+                http.totals.available
+            ),
+        )
+    );
+    assert_eq!(
+        (g.bookings, g.tickets_sold, g.revenue_minor),
+        (1, 2, 10_000)
+    );
+    assert_eq!((totals.sold, totals.blocked, totals.available), (2, 2, 6));
+    assert_eq!(g.by_category.len(), http.by_category.len());
+    assert_eq!(g.over_time.len(), http.over_time.len());
+    assert_eq!(g.over_time[0].starts_at_ms, http.over_time[0].starts_at_ms);
+    let http_csv = org_http.sales_report_csv(&perf, None).await.unwrap();
+    assert_eq!(g.csv, http_csv);
+    assert!(org
+        .get_sales_report(report(false))
+        .await
+        .unwrap()
+        .csv
+        .is_empty());
+    let by_operator = operator.get_sales_report(report(false)).await.unwrap();
+    assert_eq!(by_operator.tickets_sold, 2);
+    let e = rival.get_sales_report(report(false)).await.unwrap_err();
+    let http_e = rival_http.sales_report(&perf, None).await.unwrap_err();
+    assert_eq!(code(&e), (403, "forbidden".into()));
+    assert_eq!(code(&e), code(&http_e));
+    let mut bad = report(false);
+    bad.bucket_secs = 1;
+    let e = org.get_sales_report(bad).await.unwrap_err();
+    let http_e = org_http.sales_report(&perf, Some(1)).await.unwrap_err();
+    assert_eq!(code(&e).0, 400);
+    assert_eq!(code(&e), code(&http_e));
 }
