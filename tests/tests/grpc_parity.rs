@@ -777,7 +777,7 @@ async fn organizer_calls_over_grpc_match_http() {
     };
     let g = org.get_sales_report(report(true)).await.unwrap();
     let http = org_http.sales_report(&perf, None).await.unwrap();
-    let totals = g.totals.clone().unwrap();
+    let totals = g.totals.unwrap();
     assert_eq!(
         (
             g.performance_id.as_str(),
