@@ -157,15 +157,28 @@ pub struct Client {
 }
 
 /// The connection pool every [`Client`] uses; `ca` replaces the system's roots.
+///
+/// Building one reads the system's root certificates from disk (tens of milliseconds, on
+/// the calling thread), so the default one is built once per process and shared: a server
+/// that makes a `Client` per request (the payments service reads with each caller's token)
+/// stalled its whole runtime on certificate files otherwise.
 fn http_client(
     ca: Option<&[reqwest::Certificate]>,
 ) -> std::result::Result<reqwest::Client, String> {
-    let mut b = tls::http_builder().pool_max_idle_per_host(64);
-    if let Some(ca) = ca {
-        b = b.tls_certs_only(ca.iter().cloned());
+    let build = |ca: Option<&[reqwest::Certificate]>| {
+        let mut b = tls::http_builder().pool_max_idle_per_host(64);
+        if let Some(ca) = ca {
+            b = b.tls_certs_only(ca.iter().cloned());
+        }
+        b.build()
+            .map_err(|e| format!("building the HTTP client: {e}"))
+    };
+    if ca.is_some() {
+        return build(ca);
     }
-    b.build()
-        .map_err(|e| format!("building the HTTP client: {e}"))
+    static DEFAULT: std::sync::OnceLock<std::result::Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| build(None)).clone()
 }
 
 /// A fresh idempotency key: 128 random bits as 32 lowercase hex digits.

@@ -31,8 +31,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 struct Ctx<P> {
     payments: Arc<Payments<P>>,
-    /// The ledger's nodes, for reading with the caller's own token.
-    ledger_urls: Vec<String>,
+    /// A client of the ledger's nodes without a key: each read is made with a copy of it
+    /// carrying the caller's own token.
+    reader: Client,
     callback_secret: String,
 }
 
@@ -98,7 +99,7 @@ pub fn router<P: Provider>(
 ) -> axum::Router {
     let ctx = Arc::new(Ctx {
         payments,
-        ledger_urls,
+        reader: Client::new(ledger_urls),
         callback_secret,
     });
     let router = axum::Router::new()
@@ -155,7 +156,7 @@ async fn owned_hold<P>(
     hold_id: &str,
 ) -> Result<api::Hold, Response> {
     let token = bearer(headers)?;
-    let caller = Client::new(ctx.ledger_urls.clone()).with_key(token);
+    let caller = ctx.reader.clone().with_key(token);
     caller.get_hold(hold_id).await.map_err(|e| from_client(&e))
 }
 
@@ -210,7 +211,7 @@ async fn refund<P: Provider>(
         Ok(t) => t,
         Err(r) => return r,
     };
-    let caller = Client::new(ctx.ledger_urls.clone()).with_key(token);
+    let caller = ctx.reader.clone().with_key(token);
     if let Err(e) = caller.booking(&req.booking_id).await {
         return from_client(&e);
     }
