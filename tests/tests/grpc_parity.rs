@@ -3,7 +3,7 @@
 //! checkout), their authorization and stable codes; `grpc.health.v1.Health` following
 //! readiness; reflection listing the services (what `grpcurl -plaintext host:port list` asks).
 
-use client::grpc::{pb, GrpcClient};
+use client::grpc::{GrpcClient, pb};
 use cluster_tests::*;
 use std::time::{Duration, Instant};
 
@@ -423,18 +423,20 @@ async fn checkout_calls_over_grpc_with_request_ids_and_roles() {
         .await
         .unwrap();
     assert_eq!(all.checkouts.len(), 1);
-    assert!(service
-        .list_checkouts(pb::ListCheckoutsRequest::default())
-        .await
-        .unwrap()
-        .checkouts
-        .is_empty());
+    assert!(
+        service
+            .list_checkouts(pb::ListCheckoutsRequest::default())
+            .await
+            .unwrap()
+            .checkouts
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn health_follows_readiness_and_reflection_lists_the_services() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let t = TestCluster::start(3, &[]).await.unwrap();
     // Watch a follower: a leader cut off from its quorum may go on believing it leads.
     let leader = t.c().wait_leader(WAIT).await.unwrap();
@@ -469,10 +471,10 @@ async fn health_follows_readiness_and_reflection_lists_the_services() {
 
     // Reflection: the services a `grpcurl list` shows, and the descriptor of the API.
     {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
         use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
         let mut r = ServerReflectionClient::new(channel.clone());
         let reqs = vec![
             ServerReflectionRequest {
@@ -822,12 +824,13 @@ async fn organizer_calls_over_grpc_match_http() {
     assert_eq!(g.over_time[0].starts_at_ms, http.over_time[0].starts_at_ms);
     let http_csv = org_http.sales_report_csv(&perf, None).await.unwrap();
     assert_eq!(g.csv, http_csv);
-    assert!(org
-        .get_sales_report(report(false))
-        .await
-        .unwrap()
-        .csv
-        .is_empty());
+    assert!(
+        org.get_sales_report(report(false))
+            .await
+            .unwrap()
+            .csv
+            .is_empty()
+    );
     let by_operator = operator.get_sales_report(report(false)).await.unwrap();
     assert_eq!(by_operator.tickets_sold, 2);
     let e = rival.get_sales_report(report(false)).await.unwrap_err();

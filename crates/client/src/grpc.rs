@@ -38,11 +38,11 @@
 
 pub use api::grpc as pb;
 
-use crate::{new_idempotency_key, Error, Result};
+use crate::{Error, Result, new_idempotency_key};
 use pb::admin_client::AdminClient;
 use pb::ledger_client::LedgerClient;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 

@@ -389,8 +389,8 @@ type FeedStream = std::pin::Pin<
 /// leader is known (a follower that stops hearing from it starts an election and forgets it
 /// within one election timeout).
 pub fn can_serve(app: &App) -> std::result::Result<(), String> {
-    use openraft::type_config::async_runtime::WatchReceiver as _;
     use openraft::Instant as _;
+    use openraft::type_config::async_runtime::WatchReceiver as _;
     app.readiness()?;
     let m = app.raft.metrics().borrow_watched().clone();
     if m.current_leader != Some(app.cfg.id) {

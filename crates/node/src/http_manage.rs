@@ -6,11 +6,11 @@
 use crate::app::{App, Consistency};
 use crate::convert::{booking_view, event_view, parse_id, performance_view};
 use crate::error::ApiError;
-use crate::http::{authenticate, write_as, Body};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use crate::http::{Body, authenticate, write_as};
 use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use ledger::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
