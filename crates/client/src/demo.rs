@@ -1066,8 +1066,21 @@ async fn verify(
     // admissions and holds, so wait (bounded) for a moment when they are all at one index.
     // Equal indexes with different hashes is a divergence and fails at once.
     let deadline = Instant::now() + Duration::from_secs(120);
+    // Each status hashes every node's whole state (hundreds of MB at a million accounts):
+    // a longer deadline per call, and a call that times out is asked again.
+    let status_reader = admin
+        .clone()
+        .with_deadline(Duration::from_secs(60))
+        .with_attempt_timeout(Duration::from_secs(60));
     let (hashes_equal, hash_detail) = loop {
-        let s = admin.status().await?;
+        let s = match status_reader.status().await {
+            Ok(s) => s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("  (cluster status: {e}; asking again)");
+                continue;
+            }
+            Err(e) => break (false, format!("no cluster status in 120 s: {e}")),
+        };
         let reachable = s.nodes.iter().all(|n| n.role != "unreachable");
         let same_index = s
             .nodes

@@ -230,15 +230,13 @@ fn bench_hold_confirm(c: &mut Criterion) {
                 },
                 |(mut l, cmds)| {
                     let mut index = f.index;
-                    let mut code = 0u128;
-                    for cmd in cmds {
+                    for (k, cmd) in cmds.into_iter().enumerate() {
                         index += 1;
                         let Outcome::Ok(Reply::HoldPlaced(h)) = l.apply(index, cmd) else {
                             panic!("hold refused")
                         };
                         index += 1;
-                        let code_seed = code.to_le_bytes();
-                        code += 1;
+                        let code_seed = (k as u128).to_le_bytes();
                         let confirm = Command::new(
                             T0 + 1_000_000,
                             f.service,
