@@ -1077,6 +1077,7 @@ async fn verify(
             Ok(s) => s,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("  (cluster status: {e}; asking again)");
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             Err(e) => break (false, format!("no cluster status in 120 s: {e}")),
