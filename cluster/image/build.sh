@@ -87,6 +87,13 @@ build_node() {
         objcopy --strip-debug "$bin/$b" "$rootfs/usr/local/bin/$b"
     done
     copy_libs "$rootfs" "$rootfs/usr/local/bin/ticketd" "$rootfs/usr/local/bin/ticketctl"
+    # The build host's CA bundle (Debian's ca-certificates), so an https:// peer with a public
+    # certificate (a payment provider) verifies; without it the clients still speak plain HTTP
+    # and take a private CA from --ca-cert.
+    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+        mkdir -p "$rootfs/etc/ssl/certs"
+        cp -L /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
+    fi
     cp "$here/bootstrap.sh" "$here/k8s-join.sh" "$here/k8s-node.sh" "$rootfs/usr/local/share/ticketledger/"
     cp "$here/Dockerfile" "$ctx/Dockerfile"
     # The data directory is COPY'd --chown to the non-root user (a named volume copies

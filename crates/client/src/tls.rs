@@ -17,9 +17,30 @@ pub fn install_provider() {
 
 /// `reqwest::Client::builder()` after [`install_provider`]: use it instead of
 /// `reqwest::Client::new()` / `builder()` anywhere in the workspace.
+///
+/// reqwest's default verifier (rustls-platform-verifier) refuses to build a client at all when
+/// the system has no CA certificates, as in our `FROM scratch` image: then every client here,
+/// `ticketctl health` included, would fail even for plain `http://`. Where the system has no
+/// roots, the builder starts from an empty trust store instead: `http://` works, and an
+/// `https://` peer fails verification until the caller adds a CA (`--ca-cert`).
 pub fn http_builder() -> reqwest::ClientBuilder {
     install_provider();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder();
+    if system_roots_usable() {
+        builder
+    } else {
+        builder.tls_certs_only(Vec::<reqwest::Certificate>::new())
+    }
+}
+
+/// Whether reqwest can build a client on the system's CA certificates (checked once per
+/// process: loading them parses the whole system bundle).
+pub fn system_roots_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        install_provider();
+        reqwest::Client::builder().build().is_ok()
+    })
 }
 
 /// The certificates of a PEM bundle (a CA file), or why not.
