@@ -747,6 +747,12 @@ async fn buyer(
         Some(q) => (q, None),
         None => {
             let _p = sale.joining.acquire().await;
+            // Joiners queue here for minutes at 1M buyers: one that gets its turn after the
+            // sell-out sees the room's sold-out status, as its app would, instead of asking.
+            if room.borrow().sold_out {
+                sale.stats.told_sold_out.fetch_add(1, Relaxed);
+                return;
+            }
             match join(sale, b).await {
                 Ok(q) => q,
                 Err(e) if e.code() == Some("sold_out") => {
