@@ -289,7 +289,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     let (feed_until_tx, feed_until) = watch::channel(None);
     let feed = match &cluster {
         Some(c) => {
-            let from = admin
+            let from = patient(&admin)
                 .status()
                 .await?
                 .nodes
@@ -537,7 +537,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         cluster.wait_healthy(id, Duration::from_secs(30)).await?;
     }
     let mut checks = verify(&admin, &sale, o.seats, &sim_url).await?;
-    let last = admin
+    let last = patient(&admin)
         .status()
         .await?
         .nodes
@@ -727,6 +727,15 @@ async fn join(sale: &Sale, b: &Client) -> Result<(String, Option<u64>), Error> {
     let q = q?;
     sale.stats.joined.fetch_add(1, Relaxed);
     Ok((q.queue_id, q.position))
+}
+
+/// The client for cluster status calls: each hashes every node's whole state (hundreds of MB
+/// at a million accounts), so it gets a longer deadline per call.
+fn patient(admin: &Client) -> Client {
+    admin
+        .clone()
+        .with_deadline(Duration::from_secs(60))
+        .with_attempt_timeout(Duration::from_secs(60))
 }
 
 /// One buyer, from joining (unless already in the pre-queue) to a booking or giving up.
@@ -1072,12 +1081,8 @@ async fn verify(
     // admissions and holds, so wait (bounded) for a moment when they are all at one index.
     // Equal indexes with different hashes is a divergence and fails at once.
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Each status hashes every node's whole state (hundreds of MB at a million accounts):
-    // a longer deadline per call, and a call that times out is asked again.
-    let status_reader = admin
-        .clone()
-        .with_deadline(Duration::from_secs(60))
-        .with_attempt_timeout(Duration::from_secs(60));
+    // A call that times out is asked again.
+    let status_reader = patient(admin);
     let (hashes_equal, hash_detail) = loop {
         let s = match status_reader.status().await {
             Ok(s) => s,

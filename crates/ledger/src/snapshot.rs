@@ -44,13 +44,17 @@ pub enum SnapshotError {
 impl Ledger {
     /// The whole ledger as a self-checking, versioned byte string.
     pub fn snapshot(&self) -> Vec<u8> {
-        let body = postcard::to_stdvec(&self.s).expect("the state always encodes");
-        let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
+        // The body is encoded in place after the header (the length and hash are filled in
+        // after): a large ledger is one buffer, not an encoding copied behind a header.
+        let mut out = Vec::with_capacity(1 << 16);
         out.extend_from_slice(SNAPSHOT_MAGIC);
         out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(blake3::hash(&body).as_bytes());
-        out.extend_from_slice(&body);
+        out.extend_from_slice(&[0; 8 + 32]);
+        let mut out = postcard::to_extend(&self.s, out).expect("the state always encodes");
+        let body_len = (out.len() - SNAPSHOT_HEADER_LEN) as u64;
+        let hash = *blake3::hash(&out[SNAPSHOT_HEADER_LEN..]).as_bytes();
+        out[12..20].copy_from_slice(&body_len.to_le_bytes());
+        out[20..SNAPSHOT_HEADER_LEN].copy_from_slice(&hash);
         out
     }
 

@@ -49,6 +49,8 @@ pub struct App {
     pub peers: Peers,
     pub passwords: crate::auth::Passwords,
     inflight: Arc<Semaphore>,
+    /// The last state hash computed for the status calls, with its applied index.
+    pub(crate) hash_memo: Arc<std::sync::Mutex<Option<(u64, [u8; 32])>>>,
 }
 
 /// 32 random bytes as hex: API key secrets, refund references.
@@ -80,6 +82,7 @@ impl App {
             metrics: Metrics::default(),
             peers,
             inflight,
+            hash_memo: Arc::default(),
         }
     }
 

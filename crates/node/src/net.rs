@@ -56,10 +56,24 @@ pub enum ForwardReply {
     Failed(String),
 }
 
-/// One lazily connected channel per peer address, shared by Raft and the forwarding calls.
+/// Which connection to a peer a call takes (one each, connected lazily).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    Raft,
+    Requests,
+}
+
+/// The lowest deadline of a Raft append (replication or heartbeat). openraft asks for one heartbeat interval (100 ms by
+/// default) on appends and heartbeats; on a loaded 2-core machine a follower's answer often
+/// takes longer, the timed-out append is sent again (more work for the busy follower), the
+/// leader counts the follower unreachable and elections follow. A late answer is still
+/// correct (openraft matches it to what it sent), so wait for it a while.
+pub const RAFT_APPEND_MIN_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Lazily connected channels per peer address: one for Raft, one for forwarded requests.
 #[derive(Clone)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
     timeout: Duration,
     /// Under TLS: trust only the cluster CA, and present this node's own certificate (the
     /// peer's gRPC server requires it on these calls: [`require_peer_certificate`]).
@@ -103,9 +117,21 @@ impl Peers {
         }
     }
 
+    /// The channel for forwarded writes, read indexes and status calls to `addr`.
     pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+        self.channel(addr, Lane::Requests)
+    }
+
+    /// The channel openraft's replication, heartbeats and votes to `addr` use: its own TCP
+    /// connection, so forwarded client traffic never queues Raft's messages behind it (one
+    /// shared HTTP/2 connection under load delayed heartbeats into elections).
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+        self.channel(addr, Lane::Raft)
+    }
+
+    fn channel(&self, addr: &str, lane: Lane) -> Result<RaftClient<Channel>, String> {
         let mut map = self.channels.lock().expect("peer map lock");
-        let channel = match map.get(addr) {
+        let channel = match map.get(&(addr.to_string(), lane)) {
             Some(c) => c.clone(),
             None => {
                 let url = peer_url(addr, self.tls.is_some())?;
@@ -120,7 +146,7 @@ impl Peers {
                         .map_err(|e| format!("TLS to peer {addr:?}: {e}"))?;
                 }
                 let c = e.connect_lazy();
-                map.insert(addr.to_string(), c.clone());
+                map.insert((addr.to_string(), lane), c.clone());
                 c
             }
         };
@@ -197,7 +223,8 @@ impl Peers {
     pub async fn status(&self, addr: &str) -> Result<api::NodeStatus, String> {
         let mut client = self.client(addr)?;
         let mut r = Request::new(pb::Blob { data: Vec::new() });
-        r.set_timeout(Duration::from_secs(1));
+        // Long enough for a peer to hash a large state (about a second at 1M accounts).
+        r.set_timeout(Duration::from_secs(5));
         let resp = client
             .local_status(r)
             .await
@@ -218,7 +245,7 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConn {
         PeerConn {
             target,
-            client: self.peers.client(&node.grpc_addr),
+            client: self.peers.raft_client(&node.grpc_addr),
         }
     }
 }
@@ -248,7 +275,11 @@ impl PeerConn {
         let target = self.target;
         let client = self.client.as_mut().map_err(|e| unreachable(target, e))?;
         let mut r = Request::new(pb::Blob { data: encode(req) });
-        r.set_timeout(option.hard_ttl());
+        let deadline = match method {
+            "append" => option.hard_ttl().max(RAFT_APPEND_MIN_DEADLINE),
+            _ => option.hard_ttl(),
+        };
+        r.set_timeout(deadline);
         let result = match method {
             "append" => client.append_entries(r).await,
             "vote" => client.vote(r).await,
@@ -439,7 +470,7 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn local_status(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
         self.peer(&req)?;
-        let s = self.app.local_status();
+        let s = self.app.local_status().await;
         Ok(Response::new(pb::Blob {
             data: serde_json::to_vec(&s).expect("status serializes"),
         }))
