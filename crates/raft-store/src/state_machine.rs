@@ -295,6 +295,22 @@ impl StateMachineStore {
     }
 }
 
+/// The ledger's write lock for apply. While a snapshot is being encoded under the read lock
+/// (a second at 1M accounts), waiting for it would block one of the runtime's few workers;
+/// then the wait moves off the worker (`block_in_place`, on a multi-thread runtime).
+fn write_without_stalling(lock: &RwLock<Inner>) -> std::sync::RwLockWriteGuard<'_, Inner> {
+    if let Ok(g) = lock.try_write() {
+        return g;
+    }
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(|| lock.write().expect("ledger lock poisoned"))
+    } else {
+        lock.write().expect("ledger lock poisoned")
+    }
+}
+
 /// Replace an empty ledger by a backup, or refuse (the same way on every replica).
 fn restore_backup(ledger: &mut Ledger, bytes: &[u8], index: u64) -> Result<(), String> {
     let refused = if !ledger.has_no_catalog() {
@@ -346,7 +362,7 @@ impl RaftStateMachine<C> for StateMachineStore {
             }
             let mut replies = Vec::with_capacity(batch.len());
             {
-                let mut g = self.inner.write().expect("ledger lock poisoned");
+                let mut g = write_without_stalling(&self.inner);
                 for (entry, responder) in batch {
                     let index = entry.log_id.index;
                     let mut restore = None;
