@@ -33,6 +33,9 @@ pub const MAX_PROPOSAL_BATCH: usize = 512;
 /// 8,459-8,686 → 8,881-9,325 holds/s, within the machine's noise (bench/README.md).
 pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
+/// A state hash and the applied index it is the hash of.
+pub(crate) type HashAt = (u64, [u8; 32]);
+
 /// A write waiting for the proposer.
 pub struct Proposal {
     request: ForwardRequest,
@@ -50,7 +53,7 @@ pub struct App {
     pub passwords: crate::auth::Passwords,
     inflight: Arc<Semaphore>,
     /// The last state hash computed for the status calls, with its applied index.
-    pub(crate) hash_memo: Arc<std::sync::Mutex<Option<(u64, [u8; 32])>>>,
+    pub(crate) hash_memo: Arc<std::sync::Mutex<Option<HashAt>>>,
 }
 
 /// 32 random bytes as hex: API key secrets, refund references.
