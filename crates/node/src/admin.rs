@@ -71,7 +71,9 @@ impl App {
         match hashed {
             Ok(h) => h,
             // The hashing task panicked: that is a bug, not a status to report.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only while the runtime shuts down: no status is asked for after that.
+            Err(e) => panic!("the state hash task was cancelled: {e}"),
         }
     }
 

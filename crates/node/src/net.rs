@@ -63,10 +63,10 @@ enum Lane {
     Requests,
 }
 
-/// The lowest deadline of a Raft append (replication or heartbeat). openraft asks for one heartbeat interval (100 ms by
-/// default) on appends and heartbeats; on a loaded 2-core machine a follower's answer often
-/// takes longer, the timed-out append is sent again (more work for the busy follower), the
-/// leader counts the follower unreachable and elections follow. A late answer is still
+/// The lowest deadline of a Raft append (replication or heartbeat). openraft asks for one
+/// heartbeat interval (100 ms by default); on a loaded 2-core machine a follower's answer
+/// often takes longer, the timed-out append is sent again (more work for the busy follower),
+/// the leader counts the follower unreachable and elections follow. A late answer is still
 /// correct (openraft matches it to what it sent), so wait for it a while.
 pub const RAFT_APPEND_MIN_DEADLINE: Duration = Duration::from_secs(1);
 
