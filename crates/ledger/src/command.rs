@@ -155,6 +155,21 @@ impl PaymentEvent {
 }
 
 impl Op {
+    /// Catalog operations, whose encoding may run to a request body's size (a venue's seat
+    /// map): the leader proposes each as an entry of its own, so an entry of batched writes
+    /// stays as small as the sale's commands (a hold of 50 seats is under a kilobyte).
+    pub fn may_be_large(&self) -> bool {
+        matches!(
+            self,
+            Op::Bootstrap { .. }
+                | Op::CreateVenue { .. }
+                | Op::CreateEvent { .. }
+                | Op::UpdateEvent { .. }
+                | Op::CreatePerformance(_)
+                | Op::SetSeatsBlocked { .. }
+        )
+    }
+
     /// Stable name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

@@ -77,12 +77,29 @@ impl Ledger {
 
     /// Apply one committed command at `log_index` (strictly after the last one applied).
     pub fn apply(&mut self, log_index: u64, cmd: Command) -> Outcome {
+        self.advance_to(log_index);
+        self.apply_command(cmd)
+    }
+
+    /// Apply the commands one log entry carries (writes the leader proposed together as one
+    /// entry), in order, all at `log_index` (strictly after the last one applied): one outcome
+    /// per command, each exactly as if it had been an entry of its own. Their changes share
+    /// the index in the feed, in this order.
+    pub fn apply_entry(&mut self, log_index: u64, cmds: Vec<Command>) -> Vec<Outcome> {
+        self.advance_to(log_index);
+        cmds.into_iter().map(|c| self.apply_command(c)).collect()
+    }
+
+    fn advance_to(&mut self, log_index: u64) {
         assert!(
             log_index > self.s.last_index,
             "log index {log_index} applied after {}",
             self.s.last_index
         );
         self.s.last_index = log_index;
+    }
+
+    fn apply_command(&mut self, cmd: Command) -> Outcome {
         self.s.clock_ms = self.s.clock_ms.max(cmd.stamp_ms);
         self.sweep();
         let Command {
@@ -99,7 +116,7 @@ impl Ledger {
         if cfg!(debug_assertions) && !cfg!(feature = "canary-skip-hold-expiry") && self.is_small() {
             // Cheap enough for small states: catches a broken handler at the step that broke it.
             if let Err(e) = self.check_invariants() {
-                panic!("invariant broken after {log_index}: {e}");
+                panic!("invariant broken at {}: {e}", self.s.last_index);
             }
         }
         outcome
@@ -117,19 +134,6 @@ impl Ledger {
                         .as_ref()
                         .is_none_or(|r| r.entries.len() < 1_024)
             })
-    }
-
-    /// Apply committed commands in log order; one outcome per command.
-    pub fn apply_batch(
-        &mut self,
-        entries: impl IntoIterator<Item = (u64, Command)>,
-    ) -> Vec<Outcome> {
-        let entries = entries.into_iter();
-        let mut out = Vec::with_capacity(entries.size_hint().0);
-        for (index, cmd) in entries {
-            out.push(self.apply(index, cmd));
-        }
-        out
     }
 
     /// Record that a log entry which carries no command (a Raft blank or membership entry)

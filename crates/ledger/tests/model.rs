@@ -487,6 +487,8 @@ struct Harness {
     /// Keyed commands sent so far: (command, first outcome).
     keyed: Vec<(Command, Outcome)>,
     history: Vec<Command>,
+    /// The outcome of each command of `history`.
+    outcomes: Vec<Outcome>,
 }
 
 fn perf_spec(event: EventId, venue: VenueId, room: bool) -> PerformanceSpec {
@@ -530,7 +532,9 @@ impl Harness {
     fn send(&mut self, cmd: Command) -> Outcome {
         self.index += 1;
         self.history.push(cmd.clone());
-        self.ledger.apply(self.index, cmd)
+        let outcome = self.ledger.apply(self.index, cmd);
+        self.outcomes.push(outcome.clone());
+        outcome
     }
 
     fn setup(&mut self, p: Principal, op: Op) -> Reply {
@@ -569,6 +573,7 @@ impl Harness {
             organizer: Principal::System,
             keyed: Vec::new(),
             history: Vec::new(),
+            outcomes: Vec::new(),
         };
         let Reply::Bootstrapped { operator_key } = h.setup(
             Principal::System,
@@ -1220,6 +1225,34 @@ fn run(steps: &[(Step, bool)]) {
             "snapshot + replay diverged"
         );
     }
+    // Replay the whole history with commands grouped into entries (as the leader proposes
+    // writes that arrive together): the same outcome for every command and the same state,
+    // but for the log indexes, which count entries instead of commands.
+    let mut grouped = Ledger::new();
+    let (mut at, mut index, mut size) = (0, 0, 1);
+    while at < h.history.len() {
+        let end = (at + size).min(h.history.len());
+        index += 1;
+        let outcomes = grouped.apply_entry(index, h.history[at..end].to_vec());
+        assert_eq!(
+            outcomes,
+            h.outcomes[at..end],
+            "commands {at}..{end} as one entry"
+        );
+        (at, size) = (end, size % 5 + 1);
+    }
+    assert_eq!(grouped.last_index(), index);
+    let without_indexes = |l: &Ledger| {
+        let mut s = l.state().clone();
+        s.last_index = 0;
+        s.feed.iter_mut().for_each(|e| e.log_index = 0);
+        s
+    };
+    assert_eq!(
+        without_indexes(&grouped),
+        without_indexes(&h.ledger),
+        "grouped replay diverged"
+    );
 }
 
 proptest! {

@@ -23,8 +23,8 @@ pub enum Consistency {
     Stale,
 }
 
-/// Commands the proposer takes into one Raft proposal at most.
-pub const MAX_PROPOSAL_BATCH: usize = 512;
+/// Commands the proposer takes into one Raft proposal (one log entry) at most.
+pub const MAX_PROPOSAL_BATCH: usize = raft_store::MAX_COMMANDS_PER_ENTRY;
 /// Batches proposed but not yet applied, at most. While they are in flight new writes wait
 /// in the (bounded) queue, so under load the next batch takes everything that arrived
 /// meanwhile: batches grow with load instead of every write becoming its own proposal, log
@@ -261,14 +261,28 @@ impl App {
             return;
         };
         let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+        let mut carried: Option<Proposal> = None;
         loop {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
-            let Some(first) = rx.recv().await else { return };
+            let first = match carried.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            // A catalog write (possibly a request body's size) goes in an entry of its own;
+            // one met while gathering waits for the next batch.
+            let alone = first.request.op.may_be_large();
             let mut batch = vec![first];
-            while batch.len() < MAX_PROPOSAL_BATCH {
+            while !alone && batch.len() < MAX_PROPOSAL_BATCH {
                 match rx.try_recv() {
+                    Ok(p) if p.request.op.may_be_large() => {
+                        carried = Some(p);
+                        break;
+                    }
                     Ok(p) => batch.push(p),
                     Err(_) => break,
                 }
@@ -278,7 +292,7 @@ impl App {
                 .proposals
                 .fetch_add(batch.len() as u64, Relaxed);
             self.metrics.batch_size.observe(batch.len() as u64);
-            let (requests, replies): (Vec<Request>, Vec<_>) = batch
+            let (commands, replies): (Vec<Command>, Vec<_>) = batch
                 .into_iter()
                 .map(|p| {
                     let cmd = Command {
@@ -287,10 +301,16 @@ impl App {
                         idempotency_key: p.request.idempotency_key,
                         op: p.request.op,
                     };
-                    (Request::command(cmd), p.reply)
+                    (cmd, p.reply)
                 })
                 .unzip();
-            match self.raft.client_write_many(requests).await {
+            // One entry for the whole batch: one log write, one replication round and one
+            // apply step for all of its commands, one outcome each.
+            match self
+                .raft
+                .client_write_many([Request::commands(commands)])
+                .await
+            {
                 Err(fatal) => {
                     drop(permit);
                     for r in replies {
@@ -305,41 +325,50 @@ impl App {
                     tokio::spawn(async move {
                         use futures::StreamExt;
                         let answer_all = async move {
-                            for reply in replies {
-                                let answer = match results.next().await {
-                                    Some(Ok(Ok(w))) => {
-                                        let index = w.response.index;
-                                        w.response.outcome().map(|o| (o, index)).ok_or_else(|| {
-                                            WriteFailure::Other(ApiError::internal(
-                                                "a command entry answered without an outcome",
-                                            ))
-                                        })
-                                    }
-                                    Some(Ok(Err(
-                                        openraft::error::ClientWriteError::ForwardToLeader(_),
-                                    ))) => Err(WriteFailure::NotLeader),
-                                    Some(Ok(Err(e))) => Err(WriteFailure::Other(
-                                        ApiError::unavailable("unavailable", e.to_string()),
-                                    )),
-                                    Some(Err(fatal)) => {
-                                        Err(WriteFailure::Other(ApiError::unavailable(
-                                            "unavailable",
-                                            format!(
-                                                "raft stopped ({fatal}); outcome unknown: retry with the same Idempotency-Key"
-                                            ),
-                                        )))
-                                    }
-                                    None => Err(WriteFailure::Other(ApiError::unavailable(
-                                        "unavailable",
-                                        "the write was not answered (leadership changed?); outcome unknown: retry with the same Idempotency-Key",
-                                    ))),
+                            let failed =
+                                |e: WriteFailure| -> Vec<Result<(Outcome, u64), WriteFailure>> {
+                                    replies.iter().map(|_| Err(e.clone())).collect()
                                 };
+                            let answers = match results.next().await {
+                                Some(Ok(Ok(w))) => {
+                                    let index = w.response.index;
+                                    let outcomes = w.response.outcomes;
+                                    if outcomes.len() == replies.len() {
+                                        outcomes.into_iter().map(|o| Ok((o, index))).collect()
+                                    } else {
+                                        failed(WriteFailure::Other(ApiError::internal(format!(
+                                            "an entry of {} commands answered with {} outcomes",
+                                            replies.len(),
+                                            outcomes.len()
+                                        ))))
+                                    }
+                                }
+                                Some(Ok(Err(
+                                    openraft::error::ClientWriteError::ForwardToLeader(_),
+                                ))) => failed(WriteFailure::NotLeader),
+                                Some(Ok(Err(e))) => failed(WriteFailure::Other(
+                                    ApiError::unavailable("unavailable", e.to_string()),
+                                )),
+                                Some(Err(fatal)) => {
+                                    failed(WriteFailure::Other(ApiError::unavailable(
+                                        "unavailable",
+                                        format!(
+                                            "raft stopped ({fatal}); outcome unknown: retry with the same Idempotency-Key"
+                                        ),
+                                    )))
+                                }
+                                None => failed(WriteFailure::Other(ApiError::unavailable(
+                                    "unavailable",
+                                    "the write was not answered (leadership changed?); outcome unknown: retry with the same Idempotency-Key",
+                                ))),
+                            };
+                            for (reply, answer) in replies.into_iter().zip(answers) {
                                 let _ = reply.send(answer);
                             }
                         };
-                        // Every entry of the batch is applied (or failed), or the writers gave
-                        // up at their deadline (their replies drop: outcome unknown, retry with
-                        // the same key): the next batch may go.
+                        // The batch's entry is applied (or failed), or the writers gave up at
+                        // their deadline (their replies drop: outcome unknown, retry with the
+                        // same key): the next batch may go.
                         if tokio::time::timeout(deadline, answer_all).await.is_err() {
                             tracing::warn!(
                                 "a proposed batch was not applied within the request timeout"
@@ -567,6 +596,7 @@ impl App {
     }
 }
 
+#[derive(Clone)]
 pub enum WriteFailure {
     NotLeader,
     Other(ApiError),

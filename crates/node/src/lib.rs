@@ -42,7 +42,10 @@ fn raft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
         // file is ever damaged, the previous one plus this log still rebuild the state.
         max_in_snapshot_log_to_keep: cfg.snapshot_every,
         purge_batch_size: 256,
-        max_payload_entries: 1_024,
+        // An entry carries up to 512 batched writes (`raft_store::MAX_COMMANDS_PER_ENTRY`) of
+        // under a kilobyte each (catalog writes go alone): 64 entries keep an append well
+        // inside the 64 MiB message bound.
+        max_payload_entries: 64,
         ..Default::default()
     };
     c.validate().context("invalid Raft timing")

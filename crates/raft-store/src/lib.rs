@@ -55,12 +55,30 @@ pub enum Request {
     /// An operator's restore of a backup (a ledger snapshot) into a cluster that has no
     /// catalog yet. Applied deterministically: refused on every replica alike otherwise.
     Restore(Vec<u8>),
+    /// Ledger commands the leader proposed together: one entry, one log write and one
+    /// replication round for all of them, applied in order at the entry's index, one outcome
+    /// each ([`Response::outcomes`]). At most [`MAX_COMMANDS_PER_ENTRY`].
+    Commands(Vec<Command>),
 }
+
+/// Commands one [`Request::Commands`] entry carries at most (an entry is replicated whole,
+/// so this bounds an entry's size by the commands' own bounds).
+pub const MAX_COMMANDS_PER_ENTRY: usize = 512;
 
 impl Request {
     /// The payload for a ledger command.
     pub fn command(cmd: Command) -> Request {
         Request::Command(cmd)
+    }
+
+    /// The payload for commands proposed together (at most [`MAX_COMMANDS_PER_ENTRY`]).
+    pub fn commands(cmds: Vec<Command>) -> Request {
+        assert!(
+            !cmds.is_empty() && cmds.len() <= MAX_COMMANDS_PER_ENTRY,
+            "an entry carries 1..={MAX_COMMANDS_PER_ENTRY} commands, not {}",
+            cmds.len()
+        );
+        Request::Commands(cmds)
     }
 }
 
@@ -69,6 +87,10 @@ impl fmt::Display for Request {
         match self {
             Request::Command(c) => write!(f, "{}@{}", c.op.name(), c.stamp_ms),
             Request::Restore(b) => write!(f, "restore({} bytes)", b.len()),
+            Request::Commands(c) => match c.first() {
+                Some(first) => write!(f, "{} commands@{}", c.len(), first.stamp_ms),
+                None => write!(f, "0 commands"),
+            },
         }
     }
 }
@@ -78,8 +100,12 @@ impl fmt::Display for Request {
 pub struct Response {
     /// The log index of the entry.
     pub index: u64,
-    /// `None` for entries without a command (blank, membership, restore).
+    /// `None` for entries without a command (blank, membership, restore) and for
+    /// [`Request::Commands`], whose outcomes are in `outcomes`.
     pub outcome: Option<Outcome>,
+    /// For [`Request::Commands`]: one outcome per command, in order.
+    #[serde(default)]
+    pub outcomes: Vec<Outcome>,
     /// For a restore: `Ok` or why it was refused.
     #[serde(default)]
     pub restore: Option<Result<(), String>>,

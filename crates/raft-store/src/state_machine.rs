@@ -366,9 +366,14 @@ impl RaftStateMachine<C> for StateMachineStore {
                 for (entry, responder) in batch {
                     let index = entry.log_id.index;
                     let mut restore = None;
+                    let mut outcomes = Vec::new();
                     let outcome = match entry.payload {
                         EntryPayload::Normal(crate::Request::Command(cmd)) => {
                             Some(g.ledger.apply(index, cmd))
+                        }
+                        EntryPayload::Normal(crate::Request::Commands(cmds)) => {
+                            outcomes = g.ledger.apply_entry(index, cmds);
+                            None
                         }
                         EntryPayload::Normal(crate::Request::Restore(bytes)) => {
                             restore = Some(restore_backup(&mut g.ledger, &bytes, index));
@@ -391,6 +396,7 @@ impl RaftStateMachine<C> for StateMachineStore {
                             Response {
                                 index,
                                 outcome,
+                                outcomes,
                                 restore,
                             },
                         ));

@@ -94,8 +94,8 @@ async fn start(dir: &std::path::Path) -> (Raft, raft_store::LedgerHandle) {
     (raft, ledger)
 }
 
-fn create_user(i: u64) -> Request {
-    Request::command(Command::new(
+fn user_command(i: u64) -> Command {
+    Command::new(
         T0 + i,
         Principal::System,
         Op::CreateUser {
@@ -104,7 +104,11 @@ fn create_user(i: u64) -> Request {
             password_hash: vec![1],
             role: Role::Buyer,
         },
-    ))
+    )
+}
+
+fn create_user(i: u64) -> Request {
+    Request::command(user_command(i))
 }
 
 async fn write(raft: &Raft, req: Request) -> u64 {
@@ -154,10 +158,34 @@ async fn restart_loads_the_snapshot_and_replays_the_log_after_it() {
         .purged(Some(snap), "log purged behind the snapshot")
         .await
         .unwrap();
+    // After the snapshot, entries that carry several commands (as the node's proposer
+    // writes them): one outcome per command, in order, a rejected one among them.
     let mut last = 0;
-    for i in 41..=80 {
-        last = write(&raft, create_user(i)).await;
+    for first in (41..=80).step_by(10) {
+        let mut cmds: Vec<Command> = (first..first + 10).map(user_command).collect();
+        cmds.insert(1, user_command(first)); // the same email again: refused, alone
+        let resp = raft
+            .client_write(Request::commands(cmds))
+            .await
+            .expect("write commits");
+        assert!(resp.data.outcome.is_none());
+        let outcomes = &resp.data.outcomes;
+        assert_eq!(outcomes.len(), 11);
+        for (k, o) in outcomes.iter().enumerate() {
+            assert_eq!(
+                o.is_ok(),
+                k != 1,
+                "command {k} of the entry at {first}: {o:?}"
+            );
+        }
+        assert_eq!(resp.data.index, resp.log_id.index);
+        last = resp.log_id.index;
     }
+    assert_eq!(
+        ledger.read(|l| l.state().users.len()),
+        80,
+        "40 users, then 40 more from four entries of ten"
+    );
     let expected = ledger.state_hash();
     assert_eq!(ledger.last_applied_index(), last);
     raft.shutdown().await.unwrap();
