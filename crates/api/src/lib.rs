@@ -270,7 +270,9 @@ pub struct SeatStatus {
 
 // ---------------------------------------------------------------- holds and bookings
 
-/// `POST /v1/holds`: seats by name, or a GA quantity of one section.
+/// `POST /v1/holds`: seats by name, or `section` and `quantity`: places of a general-admission
+/// section, or in a seated section the best available seats side by side (front row first,
+/// picked by the ledger when the hold is applied, so concurrent buyers never collide).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateHold {

@@ -302,4 +302,12 @@ pub enum HoldRequest {
         quantity: u16,
         category: CategoryIdx,
     },
+    /// The best `quantity` seats side by side in a seated section, chosen at apply from what
+    /// is free then (front row first, then left to right), so buyers asking at once never
+    /// collide on the same seats. Held as named seats.
+    BestAvailable {
+        section: SectionIdx,
+        quantity: u16,
+        category: CategoryIdx,
+    },
 }

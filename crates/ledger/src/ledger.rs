@@ -1141,6 +1141,14 @@ impl Ledger {
             );
         }
         let venue = &self.s.venues[&perf.venue];
+        let what = match what {
+            HoldRequest::BestAvailable {
+                section,
+                quantity,
+                category,
+            } => HoldRequest::Seats(best_available(perf, venue, section, quantity, category)?),
+            other => other,
+        };
         let amount_minor = validate_hold_request(perf, venue, &what)?;
         // Valid: mutate.
         let hold_id = HoldId(self.next_id());
@@ -1169,6 +1177,9 @@ impl Ledger {
             } => {
                 perf.sections[section.0 as usize].held += u32::from(quantity);
                 ga = Some((section, quantity, category));
+            }
+            HoldRequest::BestAvailable { .. } => {
+                unreachable!("validate_hold_request refuses an unresolved best-available hold")
             }
         }
         let expires_at_ms = now + perf.hold_ttl_ms;
@@ -2098,7 +2109,80 @@ fn validate_hold_request(perf: &Performance, venue: &Venue, what: &HoldRequest) 
             }
             Ok(price * u64::from(quantity))
         }
+        HoldRequest::BestAvailable { .. } => reject(
+            Code::InvalidInput,
+            "a best-available hold is resolved to seats before it is validated",
+        ),
     }
+}
+
+/// The seats of a best-available hold: the first `quantity` free seats side by side in one
+/// row of a seated section, front row first, then left to right. One scan of the section
+/// (at most [`MAX_BEST_AVAILABLE_SECTION_SEATS`] seats); category and price are checked
+/// afterwards as for named seats.
+fn best_available(
+    perf: &Performance,
+    venue: &Venue,
+    section: SectionIdx,
+    quantity: u16,
+    category: CategoryIdx,
+) -> Result<Vec<(SeatIdx, CategoryIdx)>> {
+    let Some(sec) = venue.sections.get(usize::from(section.0)) else {
+        return reject(Code::InvalidInput, format!("no section {}", section.0));
+    };
+    let SectionKind::Seated { seats, rows, .. } = &sec.kind else {
+        return reject(
+            Code::InvalidInput,
+            "that section is general admission: ask for places",
+        );
+    };
+    if quantity == 0 {
+        return reject(Code::InvalidInput, "quantity must be at least 1");
+    }
+    if quantity > perf.max_seats_per_order {
+        return reject(
+            Code::LimitExceeded,
+            format!("at most {} seats per order", perf.max_seats_per_order),
+        );
+    }
+    if *seats > MAX_BEST_AVAILABLE_SECTION_SEATS {
+        return reject(
+            Code::InvalidInput,
+            format!(
+                "best available is offered in sections of up to {MAX_BEST_AVAILABLE_SECTION_SEATS} seats; name the seats in {}",
+                sec.name
+            ),
+        );
+    }
+    let want = u32::from(quantity);
+    if perf.sections[usize::from(section.0)].available() < want {
+        return reject(
+            Code::SeatUnavailable,
+            format!("fewer than {quantity} seats left in {}", sec.name),
+        );
+    }
+    for row in rows {
+        let mut run = 0;
+        for seat in row.first_seat..row.first_seat + row.seats {
+            if perf.seats[seat as usize].get() != SeatState::Available {
+                run = 0;
+                continue;
+            }
+            run += 1;
+            if run == want {
+                return Ok((seat + 1 - want..=seat)
+                    .map(|s| (SeatIdx(s), category))
+                    .collect());
+            }
+        }
+    }
+    reject(
+        Code::SeatUnavailable,
+        format!(
+            "no {quantity} seats side by side left in {}; ask for fewer",
+            sec.name
+        ),
+    )
 }
 
 /// The rank that orders a pre-queue entry at opening: `blake3(domain ‖ seed ‖ queue id)`.

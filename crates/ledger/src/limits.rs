@@ -13,6 +13,9 @@ pub const MAX_ROWS_PER_SECTION: usize = 2_000;
 pub const MAX_SEATS_PER_ROW: u32 = 2_000;
 /// Upper bound for a performance's `max_seats_per_order` (the per-performance limit).
 pub const MAX_SEATS_PER_ORDER: u16 = 50;
+/// Seats of a section in which the ledger picks best-available seats (the pick scans the
+/// section's seats once, in the apply step; larger sections must name their seats).
+pub const MAX_BEST_AVAILABLE_SECTION_SEATS: u32 = 20_000;
 /// Default seats per order when a performance does not say.
 pub const DEFAULT_SEATS_PER_ORDER: u16 = 10;
 /// Live holds one buyer may have on one performance.

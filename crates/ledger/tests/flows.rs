@@ -106,6 +106,90 @@ fn seat(s: u32) -> HoldRequest {
     HoldRequest::Seats(vec![(SeatIdx(s), CategoryIdx(0))])
 }
 
+fn best(section: u16, quantity: u16) -> HoldRequest {
+    HoldRequest::BestAvailable {
+        section: SectionIdx(section),
+        quantity,
+        category: CategoryIdx(0),
+    }
+}
+
+#[test]
+fn best_available_holds_free_seats_side_by_side_front_row_first() {
+    let mut f = fix();
+    let (p, b0, b1, b2) = (f.p, f.buyers[0], f.buyers[1], f.buyers[2]);
+    let seats = |h: &HoldReceipt| h.seats.iter().map(|s| s.0).collect::<Vec<_>>();
+    // Row 1 is seats 0..5, row 2 seats 5..10. Seat 1 is taken by name.
+    f.hold(0, &[1]);
+    let h = f.hold_on(b1, p, best(0, 3));
+    assert_eq!(seats(&h), [2, 3, 4], "the first free run in the front row");
+    assert_eq!(
+        h.amount.amount_minor,
+        f.hold_on(b2, p, seat(7)).amount.amount_minor * 3
+    );
+    // Row 1 has seat 0 alone; row 2 has 5, 6 and 8, 9 free.
+    let h = f.hold_on(b0, p, best(0, 2));
+    assert_eq!(
+        seats(&h),
+        [5, 6],
+        "the next row when the front one has no run"
+    );
+    f.no(
+        b1,
+        Op::PlaceHold {
+            performance: p,
+            what: best(0, 3),
+        },
+        Code::SeatUnavailable,
+    );
+    assert_eq!(seats(&f.hold_on(b1, p, best(0, 1))), [0]);
+    // Refused without a change: a GA section, no section, zero or too many, sold out here.
+    f.no(
+        b2,
+        Op::PlaceHold {
+            performance: p,
+            what: best(1, 1),
+        },
+        Code::InvalidInput,
+    );
+    f.no(
+        b2,
+        Op::PlaceHold {
+            performance: p,
+            what: best(9, 1),
+        },
+        Code::InvalidInput,
+    );
+    f.no(
+        b2,
+        Op::PlaceHold {
+            performance: p,
+            what: best(0, 0),
+        },
+        Code::InvalidInput,
+    );
+    f.no(
+        b2,
+        Op::PlaceHold {
+            performance: p,
+            what: best(0, 11),
+        },
+        Code::LimitExceeded,
+    );
+    f.no(
+        b2,
+        Op::PlaceHold {
+            performance: p,
+            what: best(0, 3),
+        },
+        Code::SeatUnavailable,
+    );
+    assert_eq!(seats(&f.hold_on(b2, p, best(0, 2))), [8, 9]);
+    let held = f.l.state().performances[&p].sections[0];
+    assert_eq!((held.held, held.available()), (10, 0));
+    f.l.check_invariants().unwrap();
+}
+
 #[test]
 fn hold_confirm_refund_single_tickets_and_the_whole_booking() {
     let mut f = fix();

@@ -229,10 +229,20 @@ pub fn hold_op(l: &Ledger, h: &api::CreateHold) -> Result<Op, ApiError> {
                     format!("at most {} places per order", perf.max_seats_per_order),
                 ));
             }
-            HoldRequest::GeneralAdmission {
-                section: section_idx(venue, section)?,
-                quantity,
-                category,
+            let section = section_idx(venue, section)?;
+            // In a seated section: the best seats side by side, picked by the ledger.
+            if venue.sections[usize::from(section.0)].is_seated() {
+                HoldRequest::BestAvailable {
+                    section,
+                    quantity,
+                    category,
+                }
+            } else {
+                HoldRequest::GeneralAdmission {
+                    section,
+                    quantity,
+                    category,
+                }
             }
         }
         _ => {

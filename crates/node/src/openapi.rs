@@ -380,7 +380,8 @@ mod ops {
         responses((status = 200, description = "the entry", body = QueueStatus)))]
     pub fn get_queue() {}
 
-    /// Hold seats by name, or a quantity of a general-admission section.
+    /// Hold seats by name, or a quantity of one section: general-admission places, or the
+    /// best available seats side by side of a seated section (picked by the ledger).
     #[utoipa::path(post, path = "/v1/holds", tag = "holds", request_body = CreateHold,
         params(Idempotency),
         responses((status = 201, description = "the hold", body = Hold)))]
