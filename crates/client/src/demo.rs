@@ -4,7 +4,8 @@
 //! cluster), a venue, an event and a performance with a waiting room whose seed's hash is
 //! published at creation; part of the buyers join the pre-queue before the sale opens.
 //! The sale (timed): the seed is revealed at opening, the rest of the buyers arrive; each
-//! waits for its admission, holds 1–4 random free seats and pays through the payments
+//! waits for its admission, holds 1–4 seats side by side (mostly the best available in a
+//! section, some picked on the map) and pays through the payments
 //! service (`payments serve`, a real process and a client of the ledger) at the simulated
 //! provider (`payments simulate`, its own HTTP server): most are captured and booked, some
 //! are declined, some time out at the provider (cancelled, or booked if it had captured), some
@@ -21,10 +22,10 @@ use crate::dev::{DevCluster, Guard};
 use crate::{Client, Error};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 pub struct DemoOptions {
     pub seats: u32,
@@ -59,8 +60,10 @@ struct Sample {
 /// Most buyers doing something other than waiting at once (each is a task with requests in
 /// flight); the rest wait on the room's status, which costs nothing.
 const ACTIVE_BUYERS: usize = 2_000;
-/// Most joins in flight at once.
-const JOINING_BUYERS: usize = 1_000;
+/// Most joins in flight at once. Joins were most of the sale's requests: at 1,000 in flight
+/// the 1M-buyer run joined 555,632 buyers and admitted 346,372 (235,714 admissions ran out
+/// before their buyer's turn to shop); at 400 it joined 206,256 and sold out 48 s sooner.
+const JOINING_BUYERS: usize = 400;
 /// Most looks at a queue entry in flight at once (apart from the buyers who act, so a
 /// million waiting buyers never keep the admitted ones from their turn).
 const POLLING_BUYERS: usize = 1_000;
@@ -159,6 +162,64 @@ struct Room {
     available: Arc<Vec<u32>>,
 }
 
+/// Buyers waiting in line, by the admitted total their turn should come at. The room watcher
+/// wakes only the buyers whose turn may have come, and all of them at the sell-out. (A watch
+/// channel shared by every waiting buyer woke each of them at every status: at a million
+/// buyers, four million wakeups a second, which made the demo's own process the bottleneck.)
+#[derive(Default)]
+struct Turns(Mutex<TurnsInner>);
+
+#[derive(Default)]
+struct TurnsInner {
+    by_total: std::collections::BTreeMap<u32, Vec<oneshot::Sender<()>>>,
+    /// After the sell-out (or a stop): nobody waits any more.
+    closed: bool,
+}
+
+impl Turns {
+    /// Resolves at the first status with at least `admitted_total` admitted (0: the next
+    /// status), or at once with an error when the line is closed.
+    fn wait(&self, admitted_total: u32) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut t = self.0.lock().expect("turns lock");
+        if !t.closed {
+            t.by_total.entry(admitted_total).or_default().push(tx);
+        }
+        rx
+    }
+
+    /// The room has admitted `total`: wake whoever waited for at most that.
+    fn admitted(&self, total: u32) {
+        let due = {
+            let mut t = self.0.lock().expect("turns lock");
+            let later = t.by_total.split_off(&total.saturating_add(1));
+            std::mem::replace(&mut t.by_total, later)
+        };
+        for tx in due.into_values().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Nobody waits any more: wake everyone (their receivers see the sender dropped).
+    fn close(&self) {
+        let all = {
+            let mut t = self.0.lock().expect("turns lock");
+            t.closed = true;
+            std::mem::take(&mut t.by_total)
+        };
+        drop(all);
+    }
+}
+
+/// Counts a buyer out of the sale when its task ends, by return or by panic.
+struct Leaving(Arc<AtomicUsize>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// One buyer's fate, for the checks.
 #[derive(Default)]
 struct Ledgerbook {
@@ -191,6 +252,8 @@ struct Sale {
     joining: Semaphore,
     /// Buyers looking at their queue entry.
     polling: Semaphore,
+    /// Buyers waiting for their turn in line.
+    turns: Turns,
     stop: AtomicBool,
 }
 
@@ -413,12 +476,12 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         active: Semaphore::new(ACTIVE_BUYERS),
         joining: Semaphore::new(JOINING_BUYERS),
         polling: Semaphore::new(POLLING_BUYERS),
+        turns: Turns::default(),
         stop: AtomicBool::new(false),
     });
     let (room_tx, room_rx) = watch::channel(Room::default());
     let prequeued = o.buyers * o.prequeue_percent as usize / 100;
     eprint!("{prequeued} buyers join the pre-queue before the sale opens… ");
-    let mut tasks = Vec::with_capacity(o.buyers);
     let mut prequeue_joins = Vec::with_capacity(prequeued);
     for (i, b) in buyers.iter().take(prequeued).enumerate() {
         let (b, sale) = (b.clone(), sale.clone());
@@ -450,20 +513,50 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         "on sale: the seed is revealed; {} more buyers arrive over 10 s",
         o.buyers - prequeued
     );
-    for (i, queue) in pre {
-        let (b, sale, rx) = (buyers[i].clone(), sale.clone(), room_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            buyer(&sale, &b, Some(queue), rx, i as u64, false).await
-        }));
-    }
-    let late = o.buyers - prequeued;
-    for (k, b) in buyers.into_iter().skip(prequeued).enumerate() {
-        let (sale, rx) = (sale.clone(), room_rx.clone());
-        let delay = Duration::from_millis((k as u64 * 10_000) / late.max(1) as u64);
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            buyer(&sale, &b, None, rx, (prequeued + k) as u64, true).await
-        }));
+    // The buyers arrive from a task of their own, each spawned when it is due (a few
+    // thousand arrivals per 10 ms tick), so the room watcher below starts at once: buyers in
+    // line are woken only by it. (Spawning a million sleeping tasks up front delayed its
+    // first status by 13-20 s at 1M buyers, and every admitted buyer waited for it.)
+    let live = Arc::new(AtomicUsize::new(o.buyers));
+    {
+        let (sale, room_rx, live) = (sale.clone(), room_rx.clone(), live.clone());
+        tokio::spawn(async move {
+            let mut buyers: Vec<Option<Client>> = buyers.into_iter().map(Some).collect();
+            for (i, queue) in pre {
+                let (b, sale, rx, left) = (
+                    buyers[i].take().expect("each buyer once"),
+                    sale.clone(),
+                    room_rx.clone(),
+                    Leaving(live.clone()),
+                );
+                tokio::spawn(async move {
+                    let _left = left;
+                    buyer(&sale, &b, Some(queue), rx, i as u64, false).await
+                });
+            }
+            let late = buyers.len() - prequeued;
+            let arrival = Instant::now();
+            let mut ticks = tokio::time::interval(Duration::from_millis(10));
+            let mut next = 0;
+            while next < late {
+                ticks.tick().await;
+                let due = ((arrival.elapsed().as_millis() as usize).saturating_mul(late) / 10_000)
+                    .min(late);
+                for k in next..due.max(next + 1).min(late) {
+                    let (b, sale, rx, left) = (
+                        buyers[prequeued + k].take().expect("each buyer once"),
+                        sale.clone(),
+                        room_rx.clone(),
+                        Leaving(live.clone()),
+                    );
+                    tokio::spawn(async move {
+                        let _left = left;
+                        buyer(&sale, &b, None, rx, (prequeued + k) as u64, true).await
+                    });
+                }
+                next = due.max(next + 1);
+            }
+        });
     }
 
     // The live display and the room watcher; the optional leader kill halfway.
@@ -482,12 +575,19 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
             }
         };
         let room = p.waiting_room.as_ref();
-        let _ = room_tx.send(Room {
+        let status = Room {
             admitted_total: room.map_or(0, |r| r.admitted_total),
             sold_out: room.is_some_and(|r| r.sold_out)
                 || (p.totals.available == 0 && p.totals.held == 0),
             available: Arc::new(p.sections.iter().map(|s| s.available).collect()),
-        });
+        };
+        let (admitted_total, sold_out) = (status.admitted_total, status.sold_out);
+        let _ = room_tx.send(status);
+        if sold_out {
+            sale.turns.close();
+        } else {
+            sale.turns.admitted(admitted_total);
+        }
         if series.len() < 100_000 {
             series.push(Sample {
                 t_ms: start.elapsed().as_millis() as u64,
@@ -498,7 +598,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
                 requests: sale.stats.requests.load(Relaxed),
             });
         }
-        let finished = tasks.iter().all(|t| t.is_finished());
+        let finished = live.load(Relaxed) == 0;
         if last_print.elapsed() >= Duration::from_secs(1) || finished {
             let requests = sale.stats.requests.load(Relaxed);
             let secs = last_print.elapsed().as_secs_f64();
@@ -532,13 +632,11 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         }
         if start.elapsed() > Duration::from_secs(1_800) {
             sale.stop.store(true, Relaxed);
+            sale.turns.close();
             bail!("the sale did not end within 30 minutes");
         }
     }
     let wall = start.elapsed();
-    for t in tasks {
-        let _ = t.await;
-    }
     if let (Some(id), Some(cluster)) = (killed, &cluster) {
         eprintln!("restarting node {id}");
         cluster.start(id)?;
@@ -753,7 +851,7 @@ async fn buyer(
     sale: &Sale,
     b: &Client,
     queue: Option<String>,
-    mut room: watch::Receiver<Room>,
+    room: watch::Receiver<Room>,
     n: u64,
     after_open: bool,
 ) {
@@ -803,7 +901,12 @@ async fn buyer(
             sale.stats.told_sold_out.fetch_add(1, Relaxed);
             return;
         }
-        if room.borrow().admitted_total >= ahead_until {
+        let total = room.borrow().admitted_total;
+        // Until when to wait: the admitted total my turn should come at, or (0) the room's
+        // next status, to look again after a poll that could not tell.
+        let mut wait_for = ahead_until;
+        if total >= ahead_until {
+            wait_for = 0;
             let _p = sale.polling.acquire().await;
             let t = Instant::now();
             let s = reader.queue(&queue).await;
@@ -813,6 +916,7 @@ async fn buyer(
                 Ok(s) if s.state == "waiting" => {
                     let total = room.borrow().admitted_total;
                     ahead_until = total + s.position.unwrap_or(0) as u32 + 1;
+                    wait_for = ahead_until;
                 }
                 Ok(s) if s.state == "closed" => {
                     sale.stats.told_sold_out.fetch_add(1, Relaxed);
@@ -827,7 +931,9 @@ async fn buyer(
                 }
             }
         }
-        if room.changed().await.is_err() || sale.stop.load(Relaxed) {
+        // Woken only when the room has admitted that many (or sold out, or the sale stopped).
+        let _ = sale.turns.wait(wait_for).await;
+        if sale.stop.load(Relaxed) {
             return;
         }
     };
@@ -926,8 +1032,11 @@ async fn buyer(
     drop(permit);
 }
 
-/// 1–4 seats side by side in a section that has them (by the room's last availability);
-/// after conflicts, free seats read from that section's map (a stale read of ≤ 1,000 seats).
+/// 1–4 seats side by side in a section that has them (by the room's last availability):
+/// most buyers ask for the best available seats in a section (the ledger picks free seats
+/// side by side at apply, so buyers asking at once never collide), a fifth pick seats on
+/// the map; one whose pick was taken asks for the best available next, as a box office's
+/// app offers. Fewer seats when no section has a run that long.
 async fn hold_seats(
     sale: &Sale,
     b: &Client,
@@ -936,7 +1045,8 @@ async fn hold_seats(
     admitted_until: Option<u64>,
 ) -> Option<api::Hold> {
     let mut want = 1 + (rnd(r) % 4) as usize;
-    for attempt in 0..12 {
+    let mut pick = rnd(r) % 5 == 0;
+    for _attempt in 0..8 {
         if admission_over(admitted_until) {
             sale.stats.admission_expired.fetch_add(1, Relaxed);
             return None;
@@ -949,51 +1059,37 @@ async fn hold_seats(
             if want == 1 {
                 return None;
             }
-            want = 1;
+            want -= 1;
             continue;
         }
         let section = open[(rnd(r) % open.len() as u64) as usize];
         let (name, rows) = &sale.sections[section];
-        let seats: Vec<String> = if attempt < 3 {
+        let request = if pick {
             let row = (rnd(r) % rows.len() as u64) as usize;
             let len = rows[row] as usize;
             let first = (rnd(r) % (len.saturating_sub(want) + 1) as u64) as usize;
-            (0..want.min(len))
-                .map(|k| format!("{name}:{}:{}", row + 1, first + k + 1))
-                .collect()
-        } else {
-            let t = Instant::now();
-            let map = b
-                .clone()
-                .with_consistency(crate::Consistency::Stale)
-                .seats(&sale.pid, Some(name))
-                .await;
-            sale.stats.record(t);
-            let map = map.ok()?;
-            let free: Vec<&str> = map
-                .seats
-                .iter()
-                .filter(|s| s.state == "available")
-                .map(|s| s.seat.as_str())
-                .collect();
-            if free.is_empty() {
-                continue;
-            }
-            let start = (rnd(r) % free.len() as u64) as usize;
-            (0..want.min(free.len()))
-                .map(|k| free[(start + k) % free.len()].to_string())
-                .collect()
-        };
-        let t = Instant::now();
-        let hold = b
-            .hold(&api::CreateHold {
+            api::CreateHold {
                 performance_id: sale.pid.clone(),
-                seats: Some(seats),
+                seats: Some(
+                    (0..want.min(len))
+                        .map(|k| format!("{name}:{}:{}", row + 1, first + k + 1))
+                        .collect(),
+                ),
                 section: None,
                 quantity: None,
                 category: None,
-            })
-            .await;
+            }
+        } else {
+            api::CreateHold {
+                performance_id: sale.pid.clone(),
+                seats: None,
+                section: Some(name.clone()),
+                quantity: Some(want as u16),
+                category: None,
+            }
+        };
+        let t = Instant::now();
+        let hold = b.hold(&request).await;
         sale.stats.record(t);
         match hold {
             Ok(h) => {
@@ -1002,6 +1098,14 @@ async fn hold_seats(
             }
             Err(e) if e.code() == Some("seat_unavailable") => {
                 sale.stats.conflicts.fetch_add(1, Relaxed);
+                // A picked seat was taken: the best available next. No run that long in
+                // that section (the room's availability is a moment old): maybe elsewhere,
+                // else fewer seats.
+                if pick {
+                    pick = false;
+                } else if rnd(r) % 2 == 0 && want > 1 {
+                    want -= 1;
+                }
             }
             Err(e) if e.code() == Some("sold_out") => return None,
             // The admission ran out between the check and the hold (a slow machine).
@@ -1408,5 +1512,30 @@ mod tests {
             Some(1_795_359_845_123)
         );
         assert_eq!(super::parse_ms("garbage"), None);
+    }
+
+    #[test]
+    fn turns_wake_only_the_buyers_whose_turn_came() {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let turns = super::Turns::default();
+        let (mut next, mut at5, mut at10) = (turns.wait(0), turns.wait(5), turns.wait(10));
+        turns.admitted(4);
+        assert_eq!(next.try_recv(), Ok(()), "0 is the next status");
+        assert_eq!(at5.try_recv(), Err(TryRecvError::Empty));
+        turns.admitted(7);
+        assert_eq!(at5.try_recv(), Ok(()));
+        assert_eq!(at10.try_recv(), Err(TryRecvError::Empty));
+        turns.close();
+        assert_eq!(
+            at10.try_recv(),
+            Err(TryRecvError::Closed),
+            "the sell-out wakes all"
+        );
+        let mut late = turns.wait(0);
+        assert_eq!(
+            late.try_recv(),
+            Err(TryRecvError::Closed),
+            "nobody waits after it"
+        );
     }
 }
