@@ -1045,7 +1045,7 @@ async fn hold_seats(
     admitted_until: Option<u64>,
 ) -> Option<api::Hold> {
     let mut want = 1 + (rnd(r) % 4) as usize;
-    let mut pick = rnd(r) % 5 == 0;
+    let mut pick = rnd(r).is_multiple_of(5);
     for _attempt in 0..8 {
         if admission_over(admitted_until) {
             sale.stats.admission_expired.fetch_add(1, Relaxed);
@@ -1103,7 +1103,7 @@ async fn hold_seats(
                 // else fewer seats.
                 if pick {
                     pick = false;
-                } else if rnd(r) % 2 == 0 && want > 1 {
+                } else if rnd(r).is_multiple_of(2) && want > 1 {
                     want -= 1;
                 }
             }
