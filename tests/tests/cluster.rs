@@ -89,6 +89,49 @@ async fn a_held_seat_is_409_on_every_node_and_concurrent_holds_have_one_winner()
     t.converged(CONVERGE).await.unwrap();
 }
 
+/// Best available: buyers asking at once through every node for seats side by side in the
+/// same section all get distinct adjacent seats (the ledger picks at apply), until none are
+/// left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_best_available_holds_never_collide() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 2, 11).await.unwrap();
+    let best = api::CreateHold {
+        performance_id: cat.performance.clone(),
+        seats: None,
+        section: Some("A".into()),
+        quantity: Some(4),
+        category: None,
+    };
+    // 2 rows of 20: exactly ten holds of four.
+    let holds = futures::future::join_all(cat.buyers[..10].iter().map(|b| b.hold(&best))).await;
+    let mut taken = BTreeSet::new();
+    for h in holds {
+        let h = h.expect("a best-available hold while seats are left");
+        assert_eq!(h.seats.len(), 4, "{h:?}");
+        let at: Vec<(u32, u32)> = h
+            .seats
+            .iter()
+            .map(|s| {
+                let mut p = s.split(':').skip(1).map(|x| x.parse::<u32>().unwrap());
+                (p.next().unwrap(), p.next().unwrap())
+            })
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[1] == (w[0].0, w[0].1 + 1)),
+            "side by side in one row: {:?}",
+            h.seats
+        );
+        for s in h.seats {
+            assert!(taken.insert(s.clone()), "seat {s} held twice");
+        }
+    }
+    assert_eq!(taken.len(), 40);
+    let e = cat.buyers[10].hold(&best).await.unwrap_err();
+    assert!(is_conflict(&e), "{e}");
+    t.converged(CONVERGE).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_a_clear_4xx_and_changes_nothing() {
     let t = TestCluster::start(3, &[]).await.unwrap();
