@@ -25,7 +25,7 @@ pub enum Consistency {
 
 /// Commands the proposer takes into one Raft proposal (one log entry) at most.
 pub const MAX_PROPOSAL_BATCH: usize = raft_store::MAX_COMMANDS_PER_ENTRY;
-/// Batches proposed but not yet applied, at most. While they are in flight new writes wait
+/// Batches proposed but not yet applied, at most (the default of `--proposals-in-flight`). While they are in flight new writes wait
 /// in the (bounded) queue, so under load the next batch takes everything that arrived
 /// meanwhile: batches grow with load instead of every write becoming its own proposal, log
 /// append and replication round. Measured (loadgen hold, 256 clients, 3 nodes on 2 cores, dev
@@ -260,7 +260,7 @@ impl App {
         let Some(mut rx) = self.proposals_rx.lock().expect("proposer lock").take() else {
             return;
         };
-        let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+        let in_flight = Arc::new(Semaphore::new(self.cfg.proposals_in_flight));
         let mut carried: Option<Proposal> = None;
         loop {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {

@@ -54,6 +54,10 @@ pub struct Cli {
     /// Most client writes in flight on this node before it answers 503 `overloaded`.
     #[arg(long, env = "TICKETLEDGER_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// Batches (Raft entries of writes proposed together) the leader has proposed but not yet
+    /// applied, at most (default 2): writes arriving meanwhile wait for the next batch.
+    #[arg(long, env = "TICKETLEDGER_PROPOSALS_IN_FLIGHT")]
+    pub proposals_in_flight: Option<usize>,
     /// Test only: add this many milliseconds to this node's clock (clock-skew experiments).
     #[arg(long, env = "TICKETLEDGER_CLOCK_OFFSET_MS", allow_hyphen_values = true)]
     pub clock_offset_ms: Option<i64>,
@@ -107,6 +111,7 @@ struct FileConfig {
     heartbeat_ms: Option<u64>,
     snapshot_every: Option<u64>,
     max_inflight: Option<usize>,
+    proposals_in_flight: Option<usize>,
     clock_offset_ms: Option<i64>,
     argon2_memory_kib: Option<u32>,
     argon2_iterations: Option<u32>,
@@ -193,6 +198,7 @@ pub struct Config {
     pub heartbeat_ms: u64,
     pub snapshot_every: u64,
     pub max_inflight: usize,
+    pub proposals_in_flight: usize,
     pub clock_offset_ms: i64,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -328,6 +334,11 @@ impl Config {
                 .or(file.max_inflight)
                 .unwrap_or(16_384)
                 .max(1),
+            proposals_in_flight: cli
+                .proposals_in_flight
+                .or(file.proposals_in_flight)
+                .unwrap_or(crate::app::MAX_BATCHES_IN_FLIGHT)
+                .clamp(1, 64),
             clock_offset_ms: cli.clock_offset_ms.or(file.clock_offset_ms).unwrap_or(0),
         })
     }
@@ -357,6 +368,14 @@ mod tests {
         assert_eq!(c.http_addr.port(), 7001);
         assert!(c.log_json);
         assert_eq!(c.advertise_http, "127.0.0.1:7001");
+        assert_eq!(c.proposals_in_flight, crate::app::MAX_BATCHES_IN_FLIGHT);
+        std::fs::write(&path, "id = 3\nproposals_in_flight = 0\n").unwrap();
+        let c = Config::load(Cli {
+            config: Some(path.clone()),
+            ..Cli::default()
+        })
+        .unwrap();
+        assert_eq!(c.proposals_in_flight, 1, "at least one batch in flight");
         std::fs::write(&path, "idd = 3\n").unwrap();
         let err = Config::load(Cli {
             config: Some(path),
