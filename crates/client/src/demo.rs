@@ -1099,19 +1099,12 @@ async fn hold_seats(
             Err(e) if e.code() == Some("seat_unavailable") => {
                 sale.stats.conflicts.fetch_add(1, Relaxed);
                 // A picked seat was taken: the best available next. No run that long in
-                // that section (the room's availability is a moment old, and late in the
-                // sale the free seats are scattered): one seat fewer, in any section.
-                // Not even one: the free seats the room showed are held by now (late in the
-                // sale, by holds that have yet to expire); look again at its next status, as
-                // an app refreshes its map, instead of asking again at once.
+                // that section (the room's availability is a moment old): maybe elsewhere,
+                // else fewer seats.
                 if pick {
                     pick = false;
-                } else if want > 1 {
+                } else if rnd(r).is_multiple_of(2) && want > 1 {
                     want -= 1;
-                } else {
-                    let mut next = room.clone();
-                    next.borrow_and_update();
-                    let _ = next.changed().await;
                 }
             }
             Err(e) if e.code() == Some("sold_out") => return None,
