@@ -522,40 +522,32 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     {
         let (sale, room_rx, live) = (sale.clone(), room_rx.clone(), live.clone());
         tokio::spawn(async move {
-            let mut buyers: Vec<Option<Client>> = buyers.into_iter().map(Some).collect();
-            for (i, queue) in pre {
-                let (b, sale, rx, left) = (
-                    buyers[i].take().expect("each buyer once"),
-                    sale.clone(),
-                    room_rx.clone(),
-                    Leaving(live.clone()),
-                );
+            let spawn = |b: Client, queue: Option<String>, n: usize| {
+                let (sale, rx, left) = (sale.clone(), room_rx.clone(), Leaving(live.clone()));
+                let after_open = queue.is_none();
                 tokio::spawn(async move {
                     let _left = left;
-                    buyer(&sale, &b, Some(queue), rx, i as u64, false).await
+                    buyer(&sale, &b, queue, rx, n as u64, after_open).await
                 });
+            };
+            // The pre-queue holds buyers 0..prequeued, in order.
+            let mut arriving = buyers.into_iter();
+            for (k, ((i, queue), b)) in pre.into_iter().zip(arriving.by_ref()).enumerate() {
+                assert_eq!(i, k, "the pre-queue is the first buyers, in order");
+                spawn(b, Some(queue), i);
             }
-            let late = buyers.len() - prequeued;
+            let late = arriving.len();
             let arrival = Instant::now();
             let mut ticks = tokio::time::interval(Duration::from_millis(10));
             let mut next = 0;
             while next < late {
                 ticks.tick().await;
                 let due = ((arrival.elapsed().as_millis() as usize).saturating_mul(late) / 10_000)
-                    .min(late);
-                for k in next..due.max(next + 1).min(late) {
-                    let (b, sale, rx, left) = (
-                        buyers[prequeued + k].take().expect("each buyer once"),
-                        sale.clone(),
-                        room_rx.clone(),
-                        Leaving(live.clone()),
-                    );
-                    tokio::spawn(async move {
-                        let _left = left;
-                        buyer(&sale, &b, None, rx, (prequeued + k) as u64, true).await
-                    });
+                    .clamp(next + 1, late);
+                for (k, b) in (next..due).zip(arriving.by_ref()) {
+                    spawn(b, None, prequeued + k);
                 }
-                next = due.max(next + 1);
+                next = due;
             }
         });
     }
