@@ -159,6 +159,10 @@ const MAX_BUYERS: u32 = 50_000;
 const MAX_ROOMS: u32 = 1_000;
 const MAX_READ_SLOTS: u32 = 100_000;
 
+/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, "allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -369,6 +369,10 @@ enum BookingCmd {
 /// Exit status of a failed command; clap uses 2 for usage errors.
 const EXIT_FAILED: u8 = 1;
 
+/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, "allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

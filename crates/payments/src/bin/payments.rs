@@ -68,6 +68,10 @@ enum Cmd {
     },
 }
 
+/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, "allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
