@@ -54,6 +54,15 @@ fn raft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
 /// Resets of not yet accepted gRPC streams tolerated per connection (see `run`).
 const MAX_PENDING_RESET_STREAMS: usize = 4_096;
 
+/// Every accepted connection (HTTP, gRPC, Raft) sends at once: with Nagle's algorithm on, a
+/// small response written while the previous one was unacknowledged waited for the peer's
+/// delayed ACK (40 ms on Linux), which was the p999 of every benchmark (bench/README.md).
+fn no_delay(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "setting TCP_NODELAY on an accepted connection");
+    }
+}
+
 /// Open the store, start Raft, serve HTTP and gRPC until SIGTERM or Ctrl-C.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -127,7 +136,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 ratelimit::grpc_interceptor(limiter.clone()),
             ))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                    |accepted| accepted.inspect(no_delay),
+                ),
                 async move {
                     let _ = rx.changed().await;
                 },
@@ -142,7 +154,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let http_task = match &cfg.tls {
         None => {
-            let server = axum::serve(http, routes).with_graceful_shutdown(stopped);
+            use axum::serve::ListenerExt as _;
+            let listener = http.tap_io(|tcp| no_delay(tcp));
+            let server = axum::serve(listener, routes).with_graceful_shutdown(stopped);
             tokio::spawn(async move { server.await })
         }
         Some(t) => {
