@@ -159,7 +159,7 @@ const MAX_BUYERS: u32 = 50_000;
 const MAX_ROOMS: u32 = 1_000;
 const MAX_READ_SLOTS: u32 = 100_000;
 
-/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, "allocator").
+/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, the hot-path table).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -27,10 +27,11 @@ pub enum Consistency {
 pub const MAX_PROPOSAL_BATCH: usize = raft_store::MAX_COMMANDS_PER_ENTRY;
 /// Batches proposed but not yet applied, at most (the default of `--proposals-in-flight`).
 /// While they are in flight new writes wait in the (bounded) queue, so under load the next
-/// batch takes everything that arrived meanwhile: batches grow with load instead of every write becoming its own proposal, log
-/// append and replication round. Measured (loadgen hold, 256 clients, 3 nodes on 2 cores, dev
-/// profile): 1.0 commands per proposal without this bound, ~52 with 2 in flight; throughput
-/// 8,459-8,686 → 8,881-9,325 holds/s, within the machine's noise (bench/README.md).
+/// batch takes everything that arrived meanwhile: batches grow with load instead of every
+/// write becoming its own proposal, log append and replication round. Measured (loadgen
+/// hold, 256 clients, 3 nodes on 2 cores, dev profile): 1.0 commands per proposal without
+/// this bound, ~52 with 2 in flight; throughput 8,459-8,686 → 8,881-9,325 holds/s, within
+/// the machine's noise (bench/README.md).
 pub const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// A state hash and the applied index it is the hash of.

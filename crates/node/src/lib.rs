@@ -54,10 +54,10 @@ fn raft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
 /// Resets of not yet accepted gRPC streams tolerated per connection (see `run`).
 const MAX_PENDING_RESET_STREAMS: usize = 4_096;
 
-/// Every accepted connection (HTTP, gRPC, Raft) sends at once: with Nagle's algorithm on, a
+/// Every accepted connection (HTTP, HTTPS, gRPC, Raft) sends at once: with Nagle's algorithm on, a
 /// small response written while the previous one was unacknowledged waited for the peer's
 /// delayed ACK (40 ms on Linux), which was the p999 of every benchmark (bench/README.md).
-fn no_delay(tcp: &tokio::net::TcpStream) {
+pub(crate) fn no_delay(tcp: &tokio::net::TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "setting TCP_NODELAY on an accepted connection");
     }

@@ -96,7 +96,7 @@ async fn accept_loop(
             tracing::warn!(%peer, "too many TLS handshakes in flight: connection closed");
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        crate::no_delay(&stream);
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             let _permit = permit;

@@ -369,7 +369,7 @@ enum BookingCmd {
 /// Exit status of a failed command; clap uses 2 for usage errors.
 const EXIT_FAILED: u8 = 1;
 
-/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, "allocator").
+/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, the hot-path table).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

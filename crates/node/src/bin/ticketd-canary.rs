@@ -6,7 +6,7 @@ use clap::Parser;
 use node::config::{Cli, Config};
 
 /// mimalloc instead of glibc's malloc: allocation was a sixth of the leader's CPU under load
-/// (bench/README.md, "allocator").
+/// (bench/README.md, the hot-path table).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -68,7 +68,7 @@ enum Cmd {
     },
 }
 
-/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, "allocator").
+/// mimalloc instead of glibc's malloc, as in ticketd (bench/README.md, the hot-path table).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
