@@ -228,6 +228,12 @@ pub struct SectionAvailability {
     pub held: u32,
     pub sold: u32,
     pub blocked: u32,
+    /// The most seats one order can get together here now: the longest run of available
+    /// seats side by side in one row (places left, in general admission), at most the
+    /// performance's per-order limit. A best-available hold of up to this many succeeds
+    /// unless someone is quicker; more is refused with `seat_unavailable`.
+    #[serde(default)]
+    pub together: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

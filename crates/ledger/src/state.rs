@@ -253,6 +253,42 @@ impl Performance {
                 blocked: a.blocked + s.blocked,
             })
     }
+    /// The most seats one order can hold together in `section` (of this performance's venue)
+    /// right now: in a seated section the longest run of available seats side by side in one
+    /// row, in general admission the places left; never more than the per-order limit. A
+    /// best-available hold of at most this many seats in the section succeeds, one of more is
+    /// refused (as long as nothing changes in between). The scan stops at the first row that
+    /// has a run as long as the limit, so it reads few seats while a section still has room.
+    pub fn together(&self, section: &Section, idx: SectionIdx) -> u32 {
+        let cap = u32::from(self.max_seats_per_order);
+        let available = self
+            .sections
+            .get(usize::from(idx.0))
+            .map_or(0, SectionCounts::available);
+        let SectionKind::Seated { rows, .. } = &section.kind else {
+            return available.min(cap);
+        };
+        if available == 0 {
+            return 0;
+        }
+        let mut best = 0;
+        for row in rows {
+            let mut run = 0;
+            for seat in row.first_seat..row.first_seat + row.seats {
+                if self.seats[seat as usize].get() == SeatState::Available {
+                    run += 1;
+                    best = best.max(run);
+                    if best >= cap || best >= available {
+                        return best.min(cap);
+                    }
+                } else {
+                    run = 0;
+                }
+            }
+        }
+        best.min(cap)
+    }
+
     pub fn sale_open_at(&self, clock_ms: u64) -> bool {
         self.status == SaleStatus::OnSale
             && clock_ms >= self.on_sale_at_ms

@@ -191,6 +191,55 @@ fn best_available_holds_free_seats_side_by_side_front_row_first() {
 }
 
 #[test]
+fn together_is_the_most_a_best_available_hold_gets() {
+    let mut f = fix();
+    let p = f.p;
+    let together = |f: &Fix, section: u16| {
+        let perf = &f.l.state().performances[&p];
+        let venue = &f.l.state().venues[&perf.venue];
+        perf.together(&venue.sections[usize::from(section)], SectionIdx(section))
+    };
+    // Row 1 is seats 0..5, row 2 seats 5..10; the per-order limit is 3.
+    assert_eq!(together(&f, 0), 3, "a whole free row, capped at the limit");
+    // Fragment both rows by name: row 1 keeps 0, 2-3; row 2 keeps 5-7, 9.
+    f.hold(0, &[1, 4, 8]);
+    let mut placed = Vec::new();
+    for turn in 0.. {
+        let b = f.buyers[1 + turn % 2];
+        let t = together(&f, 0);
+        let free = f.l.state().performances[&p].sections[0].available();
+        assert!(t <= free);
+        // One more than `together` is refused and changes nothing…
+        if t < 3 {
+            f.no(
+                b,
+                Op::PlaceHold {
+                    performance: p,
+                    what: best(0, (t + 1) as u16),
+                },
+                Code::SeatUnavailable,
+            );
+        }
+        if t == 0 {
+            assert_eq!(free, 0);
+            break;
+        }
+        // …and `together` itself is held, side by side.
+        let h = f.hold_on(b, p, best(0, t as u16));
+        let s: Vec<u32> = h.seats.iter().map(|s| s.0).collect();
+        assert!(s.windows(2).all(|w| w[1] == w[0] + 1), "{s:?}");
+        placed.push(t);
+    }
+    assert_eq!(placed, [3, 2, 1, 1], "runs 5-7, 2-3, then 0 and 9 alone");
+    // General admission (5 places): the places left, up to the per-order limit.
+    assert_eq!(together(&f, 1), 3);
+    let b = f.buyers[0];
+    f.hold_on(b, p, ga(3));
+    assert_eq!(together(&f, 1), 2);
+    f.l.check_invariants().unwrap();
+}
+
+#[test]
 fn hold_confirm_refund_single_tickets_and_the_whole_booking() {
     let mut f = fix();
     let (p, svc, org) = (f.p, f.svc, f.org);

@@ -328,13 +328,15 @@ pub fn performance_view(l: &Ledger, p: &Performance) -> api::Performance {
         .sections
         .iter()
         .zip(&p.sections)
-        .map(|(s, c)| api::SectionAvailability {
+        .enumerate()
+        .map(|(i, (s, c))| api::SectionAvailability {
             section: s.name.clone(),
             capacity: c.capacity,
             available: c.available(),
             held: c.held,
             sold: c.sold,
             blocked: c.blocked,
+            together: p.together(s, SectionIdx(i as u16)),
         })
         .collect();
     let prices = p

@@ -187,6 +187,7 @@ fn section_pb(s: api::SectionAvailability) -> pb::SectionAvailability {
         held: s.held,
         sold: s.sold,
         blocked: s.blocked,
+        together: s.together,
     }
 }
 
