@@ -764,6 +764,18 @@ impl Client {
         self.get(&format!("/v1/holds/{id}")).await
     }
 
+    /// `GET /v1/holds/{id}?consistency=stale`: the hold as the answering node has applied it,
+    /// without a read index through the leader. It may lag: a hold placed a moment ago can
+    /// be `not_found` there yet, and its state can be behind. What never changes (its id,
+    /// buyer, seats and price) is exact.
+    pub async fn get_hold_stale(&self, id: &str) -> Result<api::Hold> {
+        self.get_query(
+            &format!("/v1/holds/{id}"),
+            vec![("consistency", "stale".into())],
+        )
+        .await
+    }
+
     /// `DELETE /v1/holds/{id}` (idempotent).
     pub async fn release(&self, id: &str) -> Result<api::Hold> {
         self.send::<(), _>(Method::DELETE, &format!("/v1/holds/{id}"), None)

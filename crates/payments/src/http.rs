@@ -149,7 +149,11 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
 }
 
 /// Read the hold with the caller's token: the ledger answers 401/403/404 for what they may
-/// not touch.
+/// not touch. Only whose hold it is matters here, and that never changes, so the answering
+/// node's own state decides (no read index through the leader, which was one of the five
+/// reads a checkout cost). A node that has not applied the hold yet answers `not_found`:
+/// then the leader is asked. (What a stale read can get wrong is a session revoked within
+/// the replication lag: it may still start paying for its own hold.)
 async fn owned_hold<P>(
     ctx: &Ctx<P>,
     headers: &HeaderMap,
@@ -157,7 +161,12 @@ async fn owned_hold<P>(
 ) -> Result<api::Hold, Response> {
     let token = bearer(headers)?;
     let caller = ctx.reader.clone().with_key(token);
-    caller.get_hold(hold_id).await.map_err(|e| from_client(&e))
+    match caller.get_hold_stale(hold_id).await {
+        Err(e) if e.code() == Some("not_found") => {
+            caller.get_hold(hold_id).await.map_err(|e| from_client(&e))
+        }
+        r => r.map_err(|e| from_client(&e)),
+    }
 }
 
 async fn start<P: Provider>(

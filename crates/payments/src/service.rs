@@ -18,8 +18,12 @@
 //!
 //! Every step's state is in the ledger and every call is idempotent (the provider by the
 //! payment_ref, the ledger by keys derived from it), so [`Payments::resume`] (run at start
-//! and then periodically) finishes every open checkout after a crash: the one thing the
-//! service keeps in memory is which holds it is driving right now.
+//! and then periodically) finishes every open checkout after a crash. What the service keeps
+//! in memory is which holds it is driving right now, and the final outcomes (booked, declined,
+//! refunded) of the sagas that ended here lately: the provider calls back for every charge
+//! (at least once, often twice), nearly always after the saga ended, and those callbacks are
+//! answered from memory instead of reading the ledger. A final outcome never changes, so that
+//! memory cannot go stale; a restart empties it and the ledger is asked again.
 
 use crate::provider::{CancelOutcome, ChargeOutcome, Provider, ProviderError};
 use api::payments::{ChargeRequest, ChargeStatus, CheckoutOutcome, CheckoutResult};
@@ -36,6 +40,8 @@ const MAX_STEPS: usize = 8;
 const CANCEL_ATTEMPTS: u32 = 3;
 /// Open checkouts read per page while resuming.
 const RESUME_PAGE: u32 = 500;
+/// Final outcomes kept in memory (about 200 bytes each).
+const SETTLED_KEPT: usize = 100_000;
 
 /// The checkout's payment_ref (and the provider's idempotency key) for a hold.
 pub fn payment_ref(hold_id: &str) -> String {
@@ -92,6 +98,35 @@ enum Decided {
     Unknown(String),
 }
 
+/// What recording a provider outcome in the ledger came to.
+enum Recorded {
+    /// Recorded (or answered again for a retry): the checkout as the ledger answered.
+    Now(api::Checkout),
+    /// The outcome no longer fits (the state moved on): read the checkout again.
+    ReadAgain,
+    /// The ledger did not answer in time.
+    Pending(CheckoutResult),
+}
+
+/// The checkout an extend with `payment_ref` has just started: what the ledger's checkout
+/// view says right after it (a `started` checkout of the hold's amount), so the saga does not
+/// read it back before charging.
+fn started(hold: &api::Hold, payment_ref: &str) -> api::Checkout {
+    api::Checkout {
+        hold_id: hold.hold_id.clone(),
+        payment_ref: payment_ref.to_string(),
+        performance_id: hold.performance_id.clone(),
+        amount_minor: hold.amount_minor,
+        currency: hold.currency.clone(),
+        state: api::CheckoutState::Started,
+        provider_ref: None,
+        booking_id: None,
+        reason: None,
+        hold_state: hold.state.clone(),
+        hold_expires_at_ms: hold.expires_at_ms,
+    }
+}
+
 /// Why a drive could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DriveError {
@@ -108,7 +143,43 @@ pub struct Payments<P> {
     /// Holds being driven now, each behind its own lock: a callback, a resume and the buyer's
     /// request for one hold take turns; different holds run in parallel.
     driving: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    settled: Mutex<Settled>,
     pub stats: Stats,
+}
+
+/// The final outcomes of the latest sagas that ended in this process, at most
+/// [`SETTLED_KEPT`], the oldest forgotten first.
+#[derive(Default)]
+struct Settled {
+    by_hold: HashMap<String, CheckoutResult>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Settled {
+    fn get(&self, hold_id: &str) -> Option<CheckoutResult> {
+        self.by_hold.get(hold_id).cloned()
+    }
+
+    /// Keep `r` if the ledger's checkout is final: booked, declined (failed) or refunded. Not
+    /// a pending one, nor an expired one (the extend was refused, which may be for a reason
+    /// a retry gets past, such as a revoked service key).
+    fn keep(&mut self, r: &CheckoutResult) {
+        if !matches!(
+            r.outcome,
+            CheckoutOutcome::Booked | CheckoutOutcome::Declined | CheckoutOutcome::Refunded
+        ) {
+            return;
+        }
+        if self.by_hold.insert(r.hold_id.clone(), r.clone()).is_none() {
+            self.order.push_back(r.hold_id.clone());
+        }
+        while self.order.len() > SETTLED_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.by_hold.remove(&old);
+            }
+        }
+        debug_assert_eq!(self.order.len(), self.by_hold.len());
+    }
 }
 
 /// A definite refusal by the ledger (a 4xx other than 408/429): retrying cannot change it.
@@ -136,6 +207,7 @@ impl<P: Provider> Payments<P> {
             provider,
             callback_url,
             driving: Mutex::new(HashMap::new()),
+            settled: Mutex::default(),
             stats: Stats::default(),
         }
     }
@@ -156,23 +228,36 @@ impl<P: Provider> Payments<P> {
         hold_id: &str,
         source: &str,
     ) -> Result<CheckoutResult, DriveError> {
-        let lock = self.lock_for(hold_id);
-        let _g = lock.lock().await;
-        let r = self.drive(hold_id, Some(source)).await;
-        if let Ok(r) = &r {
-            self.count(r);
-        }
-        r
+        self.drive_once(hold_id, Some(source)).await
     }
 
     /// Finish a checkout without a payment source (a callback arrived, or resuming after a
     /// restart): whatever the provider decided is recorded; an undecided charge is cancelled.
     pub async fn settle(&self, hold_id: &str) -> Result<CheckoutResult, DriveError> {
+        self.drive_once(hold_id, None).await
+    }
+
+    /// Drive the hold's saga under its lock, unless it already ended here: then its final
+    /// outcome (looked at again once the lock is ours, as a callback usually waits for the
+    /// drive that is finishing it).
+    async fn drive_once(
+        &self,
+        hold_id: &str,
+        source: Option<&str>,
+    ) -> Result<CheckoutResult, DriveError> {
+        let known = || self.settled.lock().expect("settled lock").get(hold_id);
+        if let Some(r) = known() {
+            return Ok(r);
+        }
         let lock = self.lock_for(hold_id);
         let _g = lock.lock().await;
-        let r = self.drive(hold_id, None).await;
+        if let Some(r) = known() {
+            return Ok(r);
+        }
+        let r = self.drive(hold_id, source).await;
         if let Ok(r) = &r {
             self.count(r);
+            self.settled.lock().expect("settled lock").keep(r);
         }
         r
     }
@@ -253,7 +338,13 @@ impl<P: Provider> Payments<P> {
         }
     }
 
-    /// The saga, one definite step at a time, re-reading the ledger's checkout between steps.
+    /// The saga, one definite step at a time. Each step acts on the checkout as the ledger
+    /// last answered for it: the reply of the step's own write where that reply is the
+    /// checkout (recording a payment), else a fresh read. A reply to a retried write can be
+    /// an older state than the ledger's now; acting on it is safe, because every step is
+    /// idempotent and the ledger refuses one that no longer fits (and money only moves back
+    /// after a fresh read). A happy checkout costs one read and three writes (it was four
+    /// reads and three writes).
     async fn drive(
         &self,
         hold_id: &str,
@@ -261,8 +352,13 @@ impl<P: Provider> Payments<P> {
     ) -> Result<CheckoutResult, DriveError> {
         let pref = payment_ref(hold_id);
         let mut charged = false;
+        let mut known: Option<api::Checkout> = None;
         for _ in 0..MAX_STEPS {
-            let co = match self.ledger.checkout(hold_id).await {
+            let read = match known.take() {
+                Some(c) => Ok(c),
+                None => self.ledger.checkout(hold_id).await,
+            };
+            let co = match read {
                 Ok(c) => c,
                 Err(e) if e.code() == Some("not_found") && source.is_some() => {
                     let body = api::ExtendHold {
@@ -278,7 +374,14 @@ impl<P: Provider> Payments<P> {
                         )
                         .await;
                     match extended {
-                        Ok(_) => continue,
+                        // The read just before found no checkout and this drive holds the
+                        // hold's lock, so this extend started it (a second payments process
+                        // racing on the same hold is covered by the provider's idempotency,
+                        // as it was when this read the checkout back).
+                        Ok(hold) => {
+                            known = Some(started(&hold, &pref));
+                            continue;
+                        }
                         Err(e) if definite(&e) && e.code() != Some("not_found") => {
                             return Ok(self.result(
                                 hold_id,
@@ -324,8 +427,10 @@ impl<P: Provider> Payments<P> {
                             ));
                         }
                     };
-                    if let Some(r) = self.record(hold_id, &pref, event).await? {
-                        return Ok(r);
+                    match self.record(hold_id, &pref, event).await? {
+                        Recorded::Now(c) => known = Some(c),
+                        Recorded::ReadAgain => {}
+                        Recorded::Pending(r) => return Ok(r),
                     }
                 }
                 api::CheckoutState::Captured => {
@@ -365,8 +470,10 @@ impl<P: Provider> Payments<P> {
                                         provider_ref,
                                         reason,
                                     };
-                                    if let Some(r) = self.record(hold_id, &pref, event).await? {
-                                        return Ok(r);
+                                    match self.record(hold_id, &pref, event).await? {
+                                        Recorded::Now(c) => known = Some(c),
+                                        Recorded::ReadAgain => {}
+                                        Recorded::Pending(r) => return Ok(r),
                                     }
                                 }
                                 Err(pe) => {
@@ -414,15 +521,13 @@ impl<P: Provider> Payments<P> {
         ))
     }
 
-    /// Record a provider outcome in the ledger. `Ok(None)`: recorded (or it no longer fits
-    /// because the state moved on): read the checkout again. `Ok(Some(pending))`: the ledger
-    /// did not answer in time.
+    /// Record a provider outcome in the ledger.
     async fn record(
         &self,
         hold_id: &str,
         pref: &str,
         event: api::PaymentEvent,
-    ) -> Result<Option<CheckoutResult>, DriveError> {
+    ) -> Result<Recorded, DriveError> {
         let kind = match &event {
             api::PaymentEvent::Captured { .. } => "captured",
             api::PaymentEvent::Failed { .. } => "failed",
@@ -442,10 +547,10 @@ impl<P: Provider> Payments<P> {
             )
             .await;
         match r {
-            Ok(_) => Ok(None),
-            Err(e) if e.code() == Some("invalid_state") => Ok(None),
+            Ok(c) => Ok(Recorded::Now(c)),
+            Err(e) if e.code() == Some("invalid_state") => Ok(Recorded::ReadAgain),
             Err(e) if definite(&e) => Err(e.into()),
-            Err(e) => Ok(Some(self.result(
+            Err(e) => Ok(Recorded::Pending(self.result(
                 hold_id,
                 CheckoutOutcome::Pending,
                 None,
@@ -602,5 +707,47 @@ impl<P: Provider> Payments<P> {
             attempts: CANCEL_ATTEMPTS,
             last: format!("the booking is refunded in the ledger, the money not yet: {e}"),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(hold: usize, outcome: CheckoutOutcome) -> CheckoutResult {
+        CheckoutResult {
+            hold_id: format!("h_{hold}"),
+            payment_ref: payment_ref(&format!("h_{hold}")),
+            outcome,
+            booking_id: None,
+            reason: None,
+        }
+    }
+
+    /// Only final outcomes are kept, at most `SETTLED_KEPT`, the oldest forgotten first.
+    #[test]
+    fn settled_outcomes_are_final_and_bounded() {
+        let mut s = Settled::default();
+        s.keep(&result(0, CheckoutOutcome::Pending));
+        s.keep(&result(1, CheckoutOutcome::Expired));
+        assert!(s.get("h_0").is_none() && s.get("h_1").is_none());
+        for h in 2..SETTLED_KEPT + 12 {
+            let outcome = match h % 3 {
+                0 => CheckoutOutcome::Booked,
+                1 => CheckoutOutcome::Declined,
+                _ => CheckoutOutcome::Refunded,
+            };
+            s.keep(&result(h, outcome));
+        }
+        // Kept again (a second callback): no second entry.
+        s.keep(&result(SETTLED_KEPT + 11, CheckoutOutcome::Refunded));
+        assert_eq!(s.by_hold.len(), SETTLED_KEPT);
+        assert_eq!(s.order.len(), SETTLED_KEPT);
+        // Holds 2..=11 were the oldest ten.
+        assert!(s.get("h_2").is_none() && s.get("h_11").is_none());
+        assert_eq!(
+            s.get("h_12").map(|r| r.outcome),
+            Some(CheckoutOutcome::Booked)
+        );
     }
 }
