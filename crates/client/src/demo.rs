@@ -161,6 +161,9 @@ struct Room {
     sold_out: bool,
     /// Seats available per section, in venue order.
     available: Arc<Vec<u32>>,
+    /// The most seats side by side one order can get per section (the ledger's `together`),
+    /// in venue order.
+    together: Arc<Vec<u32>>,
 }
 
 /// Buyers waiting in line, by the admitted total their turn should come at. The room watcher
@@ -573,6 +576,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
             sold_out: room.is_some_and(|r| r.sold_out)
                 || (p.totals.available == 0 && p.totals.held == 0),
             available: Arc::new(p.sections.iter().map(|s| s.available).collect()),
+            together: Arc::new(p.sections.iter().map(|s| s.together).collect()),
         };
         let (admitted_total, sold_out) = (status.admitted_total, status.sold_out);
         let _ = room_tx.send(status);
@@ -1025,7 +1029,8 @@ async fn buyer(
     drop(permit);
 }
 
-/// 1–4 seats side by side in a section that has them (by the room's last availability):
+/// 1–4 seats side by side in a section that has them (by the room's last availability: how
+/// many seats side by side each section still has):
 /// most buyers ask for the best available seats in a section (the ledger picks free seats
 /// side by side at apply, so buyers asking at once never collide), a fifth pick seats on
 /// the map; one whose pick was taken asks for the best available next, as a box office's
@@ -1039,23 +1044,50 @@ async fn hold_seats(
 ) -> Option<api::Hold> {
     let mut want = 1 + (rnd(r) % 4) as usize;
     let mut pick = rnd(r).is_multiple_of(5);
+    let mut room = room.clone();
     for _attempt in 0..8 {
         if admission_over(admitted_until) {
             sale.stats.admission_expired.fetch_add(1, Relaxed);
             return None;
         }
-        let available = room.borrow().available.clone();
+        // Sections where `want` seats side by side were free a moment ago, as a box office's
+        // app shows them (a cluster too old to say `together` is judged by the seats left).
+        let (together, available) = {
+            let room = room.borrow_and_update();
+            if room.together.iter().any(|&t| t > 0) || room.available.iter().all(|&a| a == 0) {
+                (room.together.clone(), room.available.clone())
+            } else {
+                (room.available.clone(), room.available.clone())
+            }
+        };
         let open: Vec<usize> = (0..sale.sections.len())
-            .filter(|&i| available.get(i).is_some_and(|&a| a as usize >= want))
+            .filter(|&i| together.get(i).is_some_and(|&t| t as usize >= want))
             .collect();
         if open.is_empty() {
-            if want == 1 {
-                return None;
+            // Nowhere has that many together: ask for the most that some section has.
+            match together.iter().copied().max() {
+                Some(most) if most > 0 => want = want.min(most as usize),
+                _ => return None,
             }
-            want -= 1;
             continue;
         }
-        let section = open[(rnd(r) % open.len() as u64) as usize];
+        // A section with more seats left draws more buyers, as a fuller map does: a section
+        // down to its last run is rarely everyone's pick at once. (Choosing uniformly among
+        // the open sections sent as many buyers to a section with 3 seats left as to one
+        // with 900, and most of them were refused.)
+        let weight = |i: usize| u64::from(available.get(i).copied().unwrap_or(0)).max(1);
+        let mut ticket = rnd(r) % open.iter().map(|&i| weight(i)).sum::<u64>();
+        let section = *open
+            .iter()
+            .find(|&&i| {
+                let w = weight(i);
+                if ticket < w {
+                    return true;
+                }
+                ticket -= w;
+                false
+            })
+            .expect("the ticket falls within the total weight");
         let (name, rows) = &sale.sections[section];
         let request = if pick {
             let row = (rnd(r) % rows.len() as u64) as usize;
@@ -1099,6 +1131,10 @@ async fn hold_seats(
                 } else if rnd(r).is_multiple_of(2) && want > 1 {
                     want -= 1;
                 }
+                // Look again at the next availability (every 250 ms) before asking again,
+                // as an app refreshes its map: asking at once from the same picture sent
+                // the same buyers after the same last seats.
+                let _ = tokio::time::timeout(Duration::from_millis(500), room.changed()).await;
             }
             Err(e) if e.code() == Some("sold_out") => return None,
             // The admission ran out between the check and the hold (a slow machine).
