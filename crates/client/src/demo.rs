@@ -679,6 +679,21 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         .find(|x| x.sold == o.seats)
         .map(|x| x.t_ms as f64 / 1000.0);
     println!("\nsummary");
+    // When 99% and 99.9% were sold: the last seats wait on holds that run out (a dawdler's
+    // TTL, an asynchronous payment's grace) and on refunds, each returned seat sold again by a
+    // later buyer who may be slow too, so the last seat comes generations of holds later.
+    let sold_share_at = |per_mille: u64| {
+        series
+            .iter()
+            .find(|x| u64::from(x.sold) * 1000 >= u64::from(o.seats) * per_mille)
+            .map(|x| x.t_ms as f64 / 1000.0)
+    };
+    let (at_99, at_999) = (sold_share_at(990), sold_share_at(999));
+    for (label, t) in [("99% sold at", at_99), ("99.9% sold at", at_999)] {
+        if let Some(t) = t {
+            println!("  {label:<26}{t:.1} s");
+        }
+    }
     match sold_out_at {
         Some(t) => println!("  time to sell out          {t:.1} s (every seat sold)"),
         None => println!("  time to sell out          not sold out"),
@@ -739,6 +754,8 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
             "sold_out_ms",
             sold_out_at.map_or(0, |t| (t * 1000.0) as u64),
         ),
+        ("sold_99_ms", at_99.map_or(0, |t| (t * 1000.0) as u64)),
+        ("sold_999_ms", at_999.map_or(0, |t| (t * 1000.0) as u64)),
         ("requests", total),
         ("joined", s.joined.load(Relaxed)),
         ("admitted", s.admitted.load(Relaxed)),
