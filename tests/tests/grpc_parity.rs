@@ -101,6 +101,19 @@ async fn accounts_and_catalog_reads_over_grpc_match_http() {
         })
         .await
         .unwrap();
+    // `together` (the most seats side by side one order can get) is the same over both, and
+    // on an untouched venue it is the per-order limit, or the GA places left if fewer.
+    let http_perf = t.admin().performance(&cat.performance).await.unwrap();
+    let together: Vec<u32> = perf.sections.iter().map(|s| s.together).collect();
+    assert_eq!(
+        together,
+        http_perf
+            .sections
+            .iter()
+            .map(|s| s.together)
+            .collect::<Vec<_>>()
+    );
+    assert!(together.iter().all(|&n| n > 0), "{together:?}");
     let event = buyer
         .get_event(pb::EventRef {
             event_id: perf.event_id.clone(),
