@@ -377,7 +377,48 @@ fn report_sizes() {
     );
 }
 
-criterion_group!(benches, bench_hold_confirm, bench_queue_joins);
+/// `Performance::together` at its worst: one 100k-seat section whose free seats are all in
+/// runs of 2, shorter than the per-order limit (4), so no early stop and every cell is read.
+/// This is the cost a performance read pays per fragmented section.
+fn bench_together_worst_case(c: &mut Criterion) {
+    let (mut f, perf) = fixture(25_000, false);
+    // Seats 4k and 4k+1 held by name, 4k+2 and 4k+3 left free: 25,000 holds of 2.
+    for k in 0..SEATS / 4 {
+        let buyer = f.buyers[k as usize];
+        let what = HoldRequest::Seats(vec![
+            (SeatIdx(4 * k), CategoryIdx(0)),
+            (SeatIdx(4 * k + 1), CategoryIdx(0)),
+        ]);
+        assert!(
+            f.apply(
+                buyer,
+                Op::PlaceHold {
+                    performance: perf,
+                    what
+                }
+            )
+            .is_ok()
+        );
+    }
+    let state = f.ledger.state();
+    let p = &state.performances[&perf];
+    let section = &state.venues[&p.venue].sections[0];
+    assert_eq!(p.together(section, SectionIdx(0)), 2);
+    let mut g = c.benchmark_group("together");
+    g.throughput(Throughput::Elements(u64::from(SEATS)));
+    g.bench_function(
+        "100k_seat_section_in_runs_of_2 (elements = seats read)",
+        |b| b.iter(|| std::hint::black_box(p.together(section, SectionIdx(0)))),
+    );
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_hold_confirm,
+    bench_queue_joins,
+    bench_together_worst_case
+);
 
 fn main() {
     // Under `cargo test --benches` (the CI smoke) criterion runs each bench once; skip the
