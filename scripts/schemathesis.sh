@@ -153,7 +153,7 @@ for role in "${roles[@]}"; do
     tail -n 25 "$work/$role.log"
     # Count the requests schemathesis actually sent (one ndjson event per scenario step).
     requests=$("$venv/bin/python" - "$work/report-$role" <<'PY'
-import glob, json, sys
+import glob, re, sys
 n = 0
 for path in glob.glob(sys.argv[1] + "/*.ndjson"):
     for line in open(path):
@@ -185,13 +185,13 @@ if [ "$failed" != 0 ] || [ "$fivexx" != 0 ]; then
     # otherwise gone with the directory), and the directory kept for the node logs.
     echo "==> requests answered with a 5xx (method, path, status, body), from the reports:"
     python3 - "$work" <<'PY' || true
-import glob, json, sys
+import glob, re, sys
 seen = 0
 for f in glob.glob(sys.argv[1] + "/report-*/*.ndjson"):
     for line in open(f, errors="replace"):
         if seen >= 10:
             break
-        for m in __import__("re").finditer(r'"status_code":\s*(5\d\d)', line):
+        for m in re.finditer(r'"status_code":\s*(5\d\d)', line):
             start = max(0, m.start() - 600)
             print("   ", f.split("/")[-2], line[start:m.end() + 400].replace("\n", " "))
             seen += 1

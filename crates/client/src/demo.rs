@@ -674,21 +674,19 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     let pay_stats = demo_payments::service_stats(&sale.http, &payments_url).await;
     let s = &sale.stats;
     let total = s.requests.load(Relaxed);
-    let sold_out_at = series
-        .iter()
-        .find(|x| x.sold == o.seats)
-        .map(|x| x.t_ms as f64 / 1000.0);
-    println!("\nsummary");
-    // When 99% and 99.9% were sold: the last seats wait on holds that run out (a dawdler's
-    // TTL, an asynchronous payment's grace) and on refunds, each returned seat sold again by a
-    // later buyer who may be slow too, so the last seat comes generations of holds later.
+    // When 99%, 99.9% and every seat were sold: the last seats wait on holds that run out (a
+    // dawdler's TTL, an asynchronous payment's grace) and on refunds, each returned seat sold
+    // again by a later buyer who may be slow too, so the last seat comes generations of holds
+    // after the bulk.
     let sold_share_at = |per_mille: u64| {
         series
             .iter()
             .find(|x| u64::from(x.sold) * 1000 >= u64::from(o.seats) * per_mille)
             .map(|x| x.t_ms as f64 / 1000.0)
     };
-    let (at_99, at_999) = (sold_share_at(990), sold_share_at(999));
+    let (at_99, at_999, sold_out_at) =
+        (sold_share_at(990), sold_share_at(999), sold_share_at(1000));
+    println!("\nsummary");
     for (label, t) in [("99% sold at", at_99), ("99.9% sold at", at_999)] {
         if let Some(t) = t {
             println!("  {label:<26}{t:.1} s");

@@ -2161,20 +2161,10 @@ fn best_available(
             format!("fewer than {quantity} seats left in {}", sec.name),
         );
     }
-    for row in rows {
-        let mut run = 0;
-        for seat in row.first_seat..row.first_seat + row.seats {
-            if perf.seats[seat as usize].get() != SeatState::Available {
-                run = 0;
-                continue;
-            }
-            run += 1;
-            if run == want {
-                return Ok((seat + 1 - want..=seat)
-                    .map(|s| (SeatIdx(s), category))
-                    .collect());
-            }
-        }
+    if let Some((first, _)) = perf.free_runs(rows).find(|&(_, len)| len >= want) {
+        return Ok((first..first + want)
+            .map(|s| (SeatIdx(s), category))
+            .collect());
     }
     reject(
         Code::SeatUnavailable,

@@ -253,12 +253,33 @@ impl Performance {
                 blocked: a.blocked + s.blocked,
             })
     }
+    /// The runs of available seats side by side in `rows` (a seated section's), front row
+    /// first, then left to right: `(first seat, length)` of each maximal run.
+    pub fn free_runs<'a>(&'a self, rows: &'a [Row]) -> impl Iterator<Item = (u32, u32)> + 'a {
+        let free = move |seat: u32| self.seats[seat as usize].get() == SeatState::Available;
+        rows.iter().flat_map(move |row| {
+            let end = row.first_seat + row.seats;
+            let mut seat = row.first_seat;
+            std::iter::from_fn(move || {
+                while seat < end && !free(seat) {
+                    seat += 1;
+                }
+                let first = seat;
+                while seat < end && free(seat) {
+                    seat += 1;
+                }
+                (seat > first).then_some((first, seat - first))
+            })
+        })
+    }
+
     /// The most seats one order can hold together in `section` (of this performance's venue)
     /// right now: in a seated section the longest run of available seats side by side in one
     /// row, in general admission the places left; never more than the per-order limit. A
-    /// best-available hold of at most this many seats in the section succeeds, one of more is
-    /// refused (as long as nothing changes in between). The scan stops at the first row that
-    /// has a run as long as the limit, so it reads few seats while a section still has room.
+    /// best-available hold of at most this many seats succeeds (where the section is one
+    /// best-available serves), one of more is refused, as long as nothing changes in between.
+    /// The scan stops at the first run as long as the limit, so it reads few seats while a
+    /// section still has room.
     pub fn together(&self, section: &Section, idx: SectionIdx) -> u32 {
         let cap = u32::from(self.max_seats_per_order);
         let available = self
@@ -268,21 +289,12 @@ impl Performance {
         let SectionKind::Seated { rows, .. } = &section.kind else {
             return available.min(cap);
         };
-        if available == 0 {
-            return 0;
-        }
         let mut best = 0;
-        for row in rows {
-            let mut run = 0;
-            for seat in row.first_seat..row.first_seat + row.seats {
-                if self.seats[seat as usize].get() == SeatState::Available {
-                    run += 1;
-                    best = best.max(run);
-                    if best >= cap || best >= available {
-                        return best.min(cap);
-                    }
-                } else {
-                    run = 0;
+        if available > 0 {
+            for (_, len) in self.free_runs(rows) {
+                best = best.max(len);
+                if best >= cap || best >= available {
+                    break;
                 }
             }
         }
