@@ -356,3 +356,61 @@ async fn admin_calls_over_grpc_match_http() {
         .unwrap();
     assert!(s.cluster_initialized);
 }
+
+/// The gRPC listener announces a bound on the calls open at once on one connection (HTTP/2
+/// SETTINGS_MAX_CONCURRENT_STREAMS), and a client with more calls than that waits for a
+/// stream instead of failing: issue 9's overload run, where unbounded streams piled up behind
+/// a busy leader until h2 closed the connection with every call on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_connections_announce_a_stream_bound_and_calls_beyond_it_wait() {
+    let t = TestCluster::start(1, &[]).await.unwrap();
+    t.c().wait_leader(WAIT).await.unwrap();
+    let grpc = t.c().nodes[0].grpc.clone();
+
+    // A raw HTTP/2 connection: the server's SETTINGS arrive with the handshake.
+    let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
+    let (_send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let announced = loop {
+        // Drive the connection a little so it reads the server's settings frame.
+        let _ = tokio::time::timeout(Duration::from_millis(50), &mut conn).await;
+        let n = conn.max_concurrent_send_streams();
+        if n != usize::MAX || tokio::time::Instant::now() > deadline {
+            break n;
+        }
+    };
+    assert_eq!(
+        announced, 1_024,
+        "SETTINGS_MAX_CONCURRENT_STREAMS of {grpc}"
+    );
+
+    // More calls at once than the bound, on one connection: every one is answered.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let calls = (0..1_500).map(|_| {
+        let mut h = HealthClient::new(channel.clone());
+        async move {
+            let mut r = tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
+            r.set_timeout(WAIT);
+            h.check(r).await.map(|r| r.into_inner().status())
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let failed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1500 calls failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().ok() == Some(&ServingStatus::Serving))
+    );
+}

@@ -53,6 +53,9 @@ fn raft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
 
 /// Resets of not yet accepted gRPC streams tolerated per connection (see `run`).
 const MAX_PENDING_RESET_STREAMS: usize = 4_096;
+/// Streams (calls) open at once on one gRPC connection, announced in the HTTP/2 settings: a
+/// client beyond it waits for a stream of its own before sending (tonic's default is no limit).
+const MAX_CONCURRENT_STREAMS: u32 = 1_024;
 
 /// Every accepted connection (HTTP, HTTPS, gRPC, Raft) sends at once: with Nagle's algorithm on, a
 /// small response written while the previous one was unacknowledged waited for the peer's
@@ -111,7 +114,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // whole connection (rapid-reset protection), which took every replication and heartbeat
     // stream between two nodes down with it under load, and a leader with it: allow a
     // bounded number that a busy cluster can produce.
+    // With no limit on the streams a connection may open, an overloaded leader (issue 9,
+    // bench/README.md "Overload") had thousands of unanswered calls per connection pile up
+    // behind its CPU; the client's deadlines then reset them by the thousand, past the bound
+    // above, and h2 closed the connection with every call on it (ENHANCE_YOUR_CALM): 87% of
+    // the load ended as transport errors. A bound on open streams makes the client wait
+    // before sending instead, and keeps the server's per-connection state bounded.
     let mut grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS));
     if let Some(t) = &cfg.tls {
         grpc_server = grpc_server
