@@ -18,7 +18,10 @@
 # LG_INFLIGHT (loadgen's in-flight bound, default 4096), TIMEOUT_MS (loadgen's request
 # timeout, default 5000), TICKETD_ARGS (default "--max-inflight=1024": the node's write
 # admission bound), LAYOUT (extra loadgen flags), OUT (results dir, default bench/results),
-# NAME (result file prefix, default overload), BIN_DIR (prebuilt ticketd/ticketctl/loadgen).
+# NAME (result file prefix, default overload), BIN_DIR (prebuilt ticketd/ticketctl/loadgen),
+# CLUSTER_CPUS (e.g. 0.5: confine the three ticketd processes together to that many cores with
+# a cgroup CPU quota, so that the loadgen, on the rest of the machine, can offer MULT times what
+# the confined cluster sustains; needs root and a writable cgroup cpu controller, v1 or v2).
 # Dev profile only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,10 +44,49 @@ else
     bin="$CARGO_TARGET_DIR/debug"
 fi
 work=$(mktemp -d /tmp/bench-overload.XXXXXX)
-trap '"$bin/ticketctl" dev down --dir "$work/tl" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+cgroup=""
+cleanup() {
+    "$bin/ticketctl" dev down --dir "$work/tl" >/dev/null 2>&1 || true
+    if [ -n "$cgroup" ]; then rmdir "$cgroup" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# A CPU quota for the cluster's processes together: a 10 ms period, so a throttled node
+# stalls for at most ~10 ms (well under the election timeout), not a whole 100 ms period.
+confine() {
+    local cpus=$1 period=10000 quota
+    quota=$(python3 -c 'import sys; print(max(1000, int(float(sys.argv[1]) * 10000)))' "$cpus")
+    if [ "$(id -u)" != 0 ]; then
+        echo "CLUSTER_CPUS needs root (a cgroup CPU quota): not confining" >&2
+        return 1
+    fi
+    if [ -w /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+        cgroup=/sys/fs/cgroup/cpu/ticketledger-overload-$$
+        mkdir "$cgroup"
+        echo "$period" >"$cgroup/cpu.cfs_period_us"
+        echo "$quota" >"$cgroup/cpu.cfs_quota_us"
+    elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        cgroup=/sys/fs/cgroup/ticketledger-overload-$$
+        echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+        mkdir "$cgroup"
+        echo "$quota $period" >"$cgroup/cpu.max"
+    else
+        echo "CLUSTER_CPUS: no writable cgroup cpu controller here: not confining" >&2
+        return 1
+    fi
+    local id pid
+    for id in 1 2 3; do
+        pid=$(cat "$work/tl/$id/ticketd.pid")
+        echo "$pid" >"$cgroup/cgroup.procs"
+    done
+    echo "==> the three ticketd processes share $cpus cores (cgroup $cgroup, quota ${quota} us per ${period} us)"
+}
 tl_args=()
 for a in $TICKETD_ARGS; do tl_args+=("--ticketd-arg=$a"); done
 "$bin/ticketctl" dev up --nodes 3 --dir "$work/tl" "${tl_args[@]}" >/dev/null
+if [ -n "${CLUSTER_CPUS:-}" ]; then
+    confine "$CLUSTER_CPUS" || exit 1
+fi
 mkdir -p "$OUT"
 common=(run --system ticketledger --cluster-dir "$work/tl" --watch-cluster --workload hold
     --tl-protocol "$PROTOCOL" --timeout-ms "$TIMEOUT_MS")
@@ -86,6 +128,18 @@ for i, pid in enumerate(r.get("watched_pids", [])):
     series = [s[i] for s in rss if len(s) > i and s[i] > 0]
     if series:
         label = next((u["process"] for u in r.get("cpu", []) if u["pid"] == pid), f"pid {pid}")
+        # Growth per second (least squares) and per completed request: memory that follows
+        # the work accepted (ledger state) grows per completed request alike at 1x and at 10x;
+        # memory that follows the offered load (queues) would grow faster at 10x.
+        n = len(series)
+        slope = 0.0
+        if n > 1:
+            mx, my = (n - 1) / 2, sum(series) / n
+            slope = sum((x - mx) * (y - my) for x, y in enumerate(series)) / sum((x - mx) ** 2 for x in range(n))
+        done = sum(s["completed"] + s["conflict"] for s in r["per_second"]) or 1
         print(f"RSS {label}: first {series[0] // 1024} MiB, max {max(series) // 1024} MiB, last {series[-1] // 1024} MiB "
-              f"(second half max {max(series[len(series) // 2:]) // 1024} MiB)")
+              f"(second half max {max(series[len(series) // 2:]) // 1024} MiB); "
+              f"growth {slope / 1024:.2f} MiB/s, {1024 * (series[-1] - series[0]) / done:.0f} bytes per completed request")
+for u in r.get("cpu", []):
+    print(f"CPU {u['process']}: {u['cores']:.2f} cores")
 EOF
