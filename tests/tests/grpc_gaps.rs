@@ -373,7 +373,9 @@ async fn grpc_connections_announce_a_stream_bound_and_calls_beyond_it_wait() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let announced = loop {
         // Drive the connection a little so it reads the server's settings frame.
-        let _ = tokio::time::timeout(Duration::from_millis(50), &mut conn).await;
+        if let Ok(end) = tokio::time::timeout(Duration::from_millis(50), &mut conn).await {
+            panic!("the connection to {grpc} ended before its settings were read: {end:?}");
+        }
         let n = conn.max_concurrent_send_streams();
         if n != usize::MAX || tokio::time::Instant::now() > deadline {
             break n;

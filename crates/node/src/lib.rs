@@ -55,6 +55,9 @@ fn raft_config(cfg: &Config) -> anyhow::Result<openraft::Config> {
 const MAX_PENDING_RESET_STREAMS: usize = 4_096;
 /// Streams (calls) open at once on one gRPC connection, announced in the HTTP/2 settings: a
 /// client beyond it waits for a stream of its own before sending (tonic's default is no limit).
+/// Followers forward writes to the leader on one connection each (`net::Lane::Requests`), so
+/// this is also how many writes one follower has at the leader at once; the rest of its
+/// admitted writes (`--max-inflight`) wait in its client within their deadline.
 const MAX_CONCURRENT_STREAMS: u32 = 1_024;
 
 /// Every accepted connection (HTTP, HTTPS, gRPC, Raft) sends at once: with Nagle's algorithm on, a
