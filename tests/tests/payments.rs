@@ -236,7 +236,7 @@ async fn checkouts_book_decline_time_out_and_pay_late_by_the_written_rule() -> a
         HttpProvider::new(sim.clone(), Duration::from_millis(800)),
         Some(format!("{purl}/v1/provider/callbacks")),
     ));
-    let router = payments::http::router(svc.clone(), s.urls.clone(), secret);
+    let router = payments::http::router(svc.clone(), client::Client::new(s.urls.clone()), secret);
     tokio::spawn(async move { axum::serve(l, router).await });
     let http = reqwest::Client::new();
     let mut holds = BTreeSet::new();

@@ -92,14 +92,16 @@ fn bearer(headers: &HeaderMap) -> Result<String, Response> {
         })
 }
 
+/// `reader` reads the ledger with each caller's token (the ownership check); give it the
+/// pool the service's own ledger client uses, sized to the checkouts in flight.
 pub fn router<P: Provider>(
     payments: Arc<Payments<P>>,
-    ledger_urls: Vec<String>,
+    reader: Client,
     callback_secret: String,
 ) -> axum::Router {
     let ctx = Arc::new(Ctx {
         payments,
-        reader: Client::new(ledger_urls),
+        reader,
         callback_secret,
     });
     let router = axum::Router::new()

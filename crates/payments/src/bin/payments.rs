@@ -44,6 +44,11 @@ enum Cmd {
         /// How often open checkouts in the ledger are resumed (also once at start).
         #[arg(long, default_value_t = 2)]
         resume_every_secs: u64,
+        /// Idle connections kept per ledger node: about the ledger calls in flight at the
+        /// busiest (one per checkout being driven), or busy moments open and close
+        /// connections all along.
+        #[arg(long, default_value_t = 1024)]
+        ledger_connections: usize,
     },
     /// Run the simulated payment provider.
     Simulate {
@@ -90,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             callback_secret,
             provider_timeout_ms,
             resume_every_secs,
+            ledger_connections,
         } => {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
@@ -97,8 +103,11 @@ async fn main() -> anyhow::Result<()> {
             let addr = listener.local_addr()?;
             let callback_url =
                 callback_url.unwrap_or_else(|| format!("http://{addr}/v1/provider/callbacks"));
-            let ledger_client = client::Client::try_new(ledger.clone())
-                .map_err(|e| anyhow::anyhow!("--ledger: {e}"))?
+            let reader = client::Client::try_new(ledger.clone())
+                .and_then(|c| c.with_idle_connections(ledger_connections))
+                .map_err(|e| anyhow::anyhow!("--ledger: {e}"))?;
+            let ledger_client = reader
+                .clone()
                 .with_key(key)
                 .with_deadline(Duration::from_secs(10));
             let svc = Arc::new(Payments::new(
@@ -120,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
             println!("listening on http://{addr}");
             axum::serve(
                 listener,
-                payments::http::router(svc, ledger, callback_secret),
+                payments::http::router(svc, reader, callback_secret),
             )
             .with_graceful_shutdown(shutdown())
             .await?;
