@@ -44,6 +44,19 @@ pub struct DemoOptions {
     pub timeout_percent: u32,
     /// A running cluster to use instead of starting one (`--url`), with an operator key.
     pub external: Option<(Vec<String>, String)>,
+    /// How the buyers call the ledger (default HTTP; gRPC needs the demo's own cluster,
+    /// as the demo does not know the gRPC addresses of one given by `--url`).
+    pub protocol: Option<BuyerProtocol>,
+}
+
+/// The API the buyers' apps use for joining, looking at their turn, holding and releasing
+/// (payments always go through the payments service's HTTP API).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BuyerProtocol {
+    /// The HTTP/JSON API, over the client's pool of HTTP/1.1 connections.
+    Http,
+    /// The gRPC API, every buyer's calls multiplexed on a few HTTP/2 connections per node.
+    Grpc,
 }
 
 /// One point of the sale's time series (every 250 ms).
@@ -68,6 +81,11 @@ const JOINING_BUYERS: usize = 400;
 /// Most looks at a queue entry in flight at once (apart from the buyers who act, so a
 /// million waiting buyers never keep the admitted ones from their turn).
 const POLLING_BUYERS: usize = 1_000;
+/// HTTP/2 connections per node the gRPC buyers share (each carries at most 1,024 calls at
+/// once, ticketd's stream bound).
+const GRPC_CONNECTIONS: usize = 4;
+/// Most requests the buyers have in flight at once (shopping, joining and polling).
+const BUYER_REQUESTS_IN_FLIGHT: usize = ACTIVE_BUYERS + JOINING_BUYERS + POLLING_BUYERS;
 /// The payment grace of the demo's performance: a checkout extends its hold to at least this.
 const PAYMENT_GRACE_SECS: u64 = 10;
 /// How long the payments service waits for the provider before cancelling the charge.
@@ -259,6 +277,9 @@ struct Sale {
     /// Buyers waiting for their turn in line.
     turns: Turns,
     stop: AtomicBool,
+    /// The gRPC clients (no key) the buyers' gRPC clients are cloned from, one connection
+    /// each per node; empty when the buyers speak HTTP.
+    grpc: Vec<crate::grpc::GrpcClient>,
 }
 
 pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
@@ -277,6 +298,16 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     if o.kill_leader && o.external.is_some() {
         bail!("--kill-leader needs the demo's own cluster (not --url)");
     }
+    let protocol = match (o.protocol, &o.external) {
+        (Some(BuyerProtocol::Grpc), Some(_)) => bail!(
+            "--protocol grpc needs the demo's own cluster (one given by --url is reached over HTTP)"
+        ),
+        (Some(p), _) => p,
+        // Not gRPC by default: in the 1M-buyer run it made the buyers' calls cheaper for
+        // the leader but not for the demo itself, and let nearly every buyer join
+        // (921,036 against ~460,000), so the sale was no faster (bench/README.md).
+        (None, _) => BuyerProtocol::Http,
+    };
     let tmp;
     let dir = match &o.dir {
         Some(d) => d.clone(),
@@ -482,13 +513,26 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         polling: Semaphore::new(POLLING_BUYERS),
         turns: Turns::default(),
         stop: AtomicBool::new(false),
+        grpc: match (&cluster, protocol) {
+            (Some(c), BuyerProtocol::Grpc) => (0..GRPC_CONNECTIONS)
+                .map(|_| crate::grpc::GrpcClient::new(c.nodes.iter().map(|n| n.grpc.clone())))
+                .collect(),
+            _ => Vec::new(),
+        },
     });
+    eprintln!(
+        "the buyers join, look at their turn, hold and release over {}",
+        match protocol {
+            BuyerProtocol::Grpc => format!("gRPC ({GRPC_CONNECTIONS} HTTP/2 connections per node)"),
+            BuyerProtocol::Http => "HTTP/JSON".to_string(),
+        }
+    );
     let (room_tx, room_rx) = watch::channel(Room::default());
     let prequeued = o.buyers * o.prequeue_percent as usize / 100;
     eprint!("{prequeued} buyers join the pre-queue before the sale opens… ");
     let mut prequeue_joins = Vec::with_capacity(prequeued);
     for (i, b) in buyers.iter().take(prequeued).enumerate() {
-        let (b, sale) = (b.clone(), sale.clone());
+        let (b, sale) = (Buyer::new(&sale, b.clone(), i), sale.clone());
         let permit = sale.clone();
         prequeue_joins.push(tokio::spawn(async move {
             let _p = permit.joining.acquire().await;
@@ -530,6 +574,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
                 let after_open = queue.is_none();
                 tokio::spawn(async move {
                     let _left = left;
+                    let b = Buyer::new(&sale, b, n);
                     buyer(&sale, &b, queue, rx, n as u64, after_open).await
                 });
             };
@@ -801,7 +846,11 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
 /// Buyer accounts, `CONCURRENCY` signups at a time, with a progress line.
 async fn signups(urls: &[String], n: usize) -> anyhow::Result<Vec<Client>> {
     const CONCURRENCY: usize = 1_024;
-    let anon = Client::new(urls.to_vec());
+    // Every buyer's client is a clone of this one and shares its pool: as many idle
+    // connections as buyers have requests in flight, so none is opened per request.
+    let anon = Client::try_new(urls.to_vec())
+        .and_then(|c| c.with_idle_connections(CONCURRENCY.max(BUYER_REQUESTS_IN_FLIGHT)))
+        .map_err(|e| anyhow::anyhow!(e))?;
     let started = Instant::now();
     let mut out = Vec::with_capacity(n);
     let mut i = 0;
@@ -839,14 +888,126 @@ async fn signups(urls: &[String], n: usize) -> anyhow::Result<Vec<Client>> {
     Ok(out)
 }
 
+/// One buyer's way to the ledger: its HTTP client, which carries its token (the payments
+/// service is called with it too), and, when the buyers speak gRPC, a gRPC client with the
+/// same token on one of the shared connections.
+#[derive(Clone)]
+struct Buyer {
+    http: Client,
+    grpc: Option<crate::grpc::GrpcClient>,
+}
+
+/// A buyer's queue entry as it looked.
+struct Turn {
+    state: String,
+    position: Option<u64>,
+    admitted_until_ms: Option<u64>,
+}
+
+impl Buyer {
+    fn new(sale: &Sale, http: Client, n: usize) -> Buyer {
+        let grpc = (!sale.grpc.is_empty()).then(|| {
+            let g = sale.grpc[n % sale.grpc.len()].clone();
+            match http.key() {
+                Some(k) => g.with_key(k),
+                None => g,
+            }
+        });
+        Buyer { http, grpc }
+    }
+
+    /// The same buyer reading from its home replica, without a read index.
+    fn reader(&self, home: usize) -> Buyer {
+        Buyer {
+            http: self
+                .http
+                .clone()
+                .with_consistency(crate::Consistency::Stale)
+                .with_home_node(home),
+            grpc: self.grpc.clone().map(|g| g.with_home_node(home)),
+        }
+    }
+
+    /// Join the room: the entry, and how many wait ahead (none before the opening shuffle).
+    async fn join(&self, pid: &str) -> Result<(String, Option<u64>), Error> {
+        match &self.grpc {
+            Some(g) => g
+                .join_queue(crate::grpc::pb::JoinQueueRequest {
+                    performance_id: pid.to_string(),
+                    request_id: String::new(),
+                })
+                .await
+                .map(|q| (q.queue_id, q.has_position.then_some(q.position))),
+            None => self
+                .http
+                .join_queue(pid)
+                .await
+                .map(|q| (q.queue_id, q.position)),
+        }
+    }
+
+    /// My queue entry (a stale read where this buyer was made a [`Buyer::reader`]).
+    async fn turn(&self, queue: &str) -> Result<Turn, Error> {
+        match &self.grpc {
+            Some(g) => g
+                .get_queue(crate::grpc::pb::QueueRef {
+                    queue_id: queue.to_string(),
+                    stale: true,
+                })
+                .await
+                .map(|s| Turn {
+                    state: s.state,
+                    position: s.has_position.then_some(s.position),
+                    admitted_until_ms: (s.admitted_until_ms > 0).then_some(s.admitted_until_ms),
+                }),
+            None => self.http.queue(queue).await.map(|s| Turn {
+                state: s.state,
+                position: s.position,
+                admitted_until_ms: s.admitted_until.as_deref().and_then(parse_ms),
+            }),
+        }
+    }
+
+    /// Hold seats; the hold's id.
+    async fn hold(&self, h: api::CreateHold) -> Result<String, Error> {
+        match &self.grpc {
+            Some(g) => g
+                .place_hold(crate::grpc::pb::PlaceHoldRequest {
+                    performance_id: h.performance_id,
+                    seats: h.seats.unwrap_or_default(),
+                    section: h.section.unwrap_or_default(),
+                    quantity: h.quantity.map_or(0, u32::from),
+                    category: h.category.unwrap_or_default(),
+                    request_id: String::new(),
+                })
+                .await
+                .map(|h| h.hold_id),
+            None => self.http.hold(&h).await.map(|h| h.hold_id),
+        }
+    }
+
+    async fn release(&self, hold_id: &str) -> Result<(), Error> {
+        match &self.grpc {
+            Some(g) => g
+                .release_hold(crate::grpc::pb::HoldRef {
+                    hold_id: hold_id.to_string(),
+                    request_id: String::new(),
+                })
+                .await
+                .map(|_| ()),
+            None => self.http.release(hold_id).await.map(|_| ()),
+        }
+    }
+}
+
 /// Join the room: the entry, and how many wait ahead (none before the opening shuffle).
-async fn join(sale: &Sale, b: &Client) -> Result<(String, Option<u64>), Error> {
+async fn join(sale: &Sale, b: &Buyer) -> Result<(String, Option<u64>), Error> {
     let t = Instant::now();
-    let q = b.join_queue(&sale.pid).await;
+    let q = b.join(&sale.pid).await;
     sale.stats.record(t);
     let q = q?;
     sale.stats.joined.fetch_add(1, Relaxed);
-    Ok((q.queue_id, q.position))
+    Ok(q)
 }
 
 /// The client for cluster status calls: each hashes every node's whole state (hundreds of MB
@@ -861,7 +1022,7 @@ fn patient(admin: &Client) -> Client {
 /// One buyer, from joining (unless already in the pre-queue) to a booking or giving up.
 async fn buyer(
     sale: &Sale,
-    b: &Client,
+    b: &Buyer,
     queue: Option<String>,
     room: watch::Receiver<Room>,
     n: u64,
@@ -882,7 +1043,7 @@ async fn buyer(
                 sale.stats.told_sold_out.fetch_add(1, Relaxed);
                 return;
             }
-            match join(sale, b).await {
+            match Box::pin(join(sale, b)).await {
                 Ok(q) => q,
                 Err(e) if e.code() == Some("sold_out") => {
                     sale.stats.told_sold_out.fetch_add(1, Relaxed);
@@ -899,10 +1060,7 @@ async fn buyer(
     // ahead of me (the join said how many), else wait for the room's next status (shared by
     // all, one read). Looking is a stale read from this buyer's home replica: the leader is
     // left to the writes, and the admission is checked by the ledger when the buyer holds.
-    let reader = b
-        .clone()
-        .with_consistency(crate::Consistency::Stale)
-        .with_home_node(n as usize);
+    let reader = b.reader(n as usize);
     let mut ahead_until = ahead.map_or(0, |a| {
         room.borrow()
             .admitted_total
@@ -921,10 +1079,10 @@ async fn buyer(
             wait_for = 0;
             let _p = sale.polling.acquire().await;
             let t = Instant::now();
-            let s = reader.queue(&queue).await;
+            let s = Box::pin(reader.turn(&queue)).await;
             sale.stats.record(t);
             match s {
-                Ok(s) if s.state == "admitted" => break s.admitted_until,
+                Ok(s) if s.state == "admitted" => break s.admitted_until_ms,
                 Ok(s) if s.state == "waiting" => {
                     let total = room.borrow().admitted_total;
                     ahead_until = total + s.position.unwrap_or(0) as u32 + 1;
@@ -951,7 +1109,7 @@ async fn buyer(
     };
     sale.stats.admitted.fetch_add(1, Relaxed);
     if after_open
-        && let Some(until) = admitted_at.as_deref().and_then(parse_ms)
+        && let Some(until) = admitted_at
         && let Some(join_index) = queue.rsplit('_').next().and_then(|j| j.parse().ok())
     {
         let at = until.saturating_sub(sale.admission_ttl_ms);
@@ -961,7 +1119,7 @@ async fn buyer(
             .admissions_after_open
             .push((join_index, at));
     }
-    let admitted_until = admitted_at.as_deref().and_then(parse_ms);
+    let admitted_until = admitted_at;
     let mut permit = Some(sale.active.acquire().await);
     // A buyer whose admission ran out while waiting for a turn leaves at once: asking anyway
     // would only be refused, and would keep the turn from buyers still admitted.
@@ -969,7 +1127,7 @@ async fn buyer(
         sale.stats.admission_expired.fetch_add(1, Relaxed);
         return;
     }
-    let Some(hold) = hold_seats(sale, b, &room, &mut r, admitted_until).await else {
+    let Some(hold_id) = Box::pin(hold_seats(sale, b, &room, &mut r, admitted_until)).await else {
         return;
     };
     // The buyer's fate: 5% abandon, 2% dawdle past the hold's TTL, 2% pay by an asynchronous
@@ -978,7 +1136,7 @@ async fn buyer(
     let fate = rnd(&mut r) % 100;
     if fate < 5 {
         let t = Instant::now();
-        let _ = b.release(&hold.hold_id).await;
+        let _ = Box::pin(b.release(&hold_id)).await;
         sale.stats.record(t);
         sale.stats.abandoned.fetch_add(1, Relaxed);
         return;
@@ -994,26 +1152,32 @@ async fn buyer(
     } else {
         "tok_visa".to_string()
     };
-    let token = b.key().unwrap_or_default().to_string();
+    let token = b.http.key().unwrap_or_default().to_string();
     sale.book
         .lock()
         .expect("lock")
         .paid_holds
-        .push(hold.hold_id.clone());
+        .push(hold_id.clone());
     sale.stats.checkouts.fetch_add(1, Relaxed);
-    let mut paid =
-        demo_payments::checkout(&sale.http, &sale.payments, &token, &hold.hold_id, &source).await;
+    let mut paid = Box::pin(demo_payments::checkout(
+        &sale.http,
+        &sale.payments,
+        &token,
+        &hold_id,
+        &source,
+    ))
+    .await;
     if let Paid::Pending = paid {
         // An asynchronous payment: its outcome arrives by the provider's callback.
         sale.stats.pending.fetch_add(1, Relaxed);
         permit = None;
-        paid = demo_payments::wait_settled(
+        paid = Box::pin(demo_payments::wait_settled(
             &sale.http,
             &sale.payments,
             &token,
-            &hold.hold_id,
+            &hold_id,
             Duration::from_secs(120),
-        )
+        ))
         .await;
     }
     match paid {
@@ -1021,7 +1185,14 @@ async fn buyer(
             sale.stats.confirmed.fetch_add(1, Relaxed);
             // 2% of buyers ask for their money back.
             if rnd(&mut r) % 100 < 2 {
-                match demo_payments::refund(&sale.http, &sale.payments, &token, &booking_id).await {
+                match Box::pin(demo_payments::refund(
+                    &sale.http,
+                    &sale.payments,
+                    &token,
+                    &booking_id,
+                ))
+                .await
+                {
                     Ok(()) => {
                         sale.stats.refunded.fetch_add(1, Relaxed);
                     }
@@ -1052,11 +1223,11 @@ async fn buyer(
 /// app offers. Fewer seats when no section has a run that long.
 async fn hold_seats(
     sale: &Sale,
-    b: &Client,
+    b: &Buyer,
     room: &watch::Receiver<Room>,
     r: &mut u64,
     admitted_until: Option<u64>,
-) -> Option<api::Hold> {
+) -> Option<String> {
     let mut want = 1 + (rnd(r) % 4) as usize;
     let mut pick = rnd(r).is_multiple_of(5);
     let mut room = room.clone();
@@ -1129,7 +1300,7 @@ async fn hold_seats(
             }
         };
         let t = Instant::now();
-        let hold = b.hold(&request).await;
+        let hold = b.hold(request).await;
         sale.stats.record(t);
         match hold {
             Ok(h) => {

@@ -229,6 +229,14 @@ impl GrpcClient {
         self
     }
 
+    /// Start calls at node `index` (modulo the node count), remembered apart from the clients
+    /// this one was cloned from (as [`crate::Client::with_home_node`]): stale readers
+    /// spread this way share the load among the replicas.
+    pub fn with_home_node(mut self, index: usize) -> GrpcClient {
+        self.preferred = Arc::new(AtomicUsize::new(index % self.nodes.len()));
+        self
+    }
+
     /// Overall deadline of one call, over all its attempts and waits.
     pub fn with_deadline(mut self, deadline: Duration) -> GrpcClient {
         self.deadline = deadline;

@@ -346,6 +346,71 @@ fn the_demo_sells_out_through_a_leader_kill_and_every_check_passes() {
     );
 }
 
+/// The buyers over the gRPC API (the default is HTTP): the same sale, every check passing.
+#[test]
+fn the_demo_sells_out_with_the_buyers_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cluster");
+    let report = dir.path().join("report");
+    let _kill = KillOnDrop(data.clone());
+    let out = Command::new(TICKETCTL)
+        .args([
+            "demo",
+            "--seats",
+            "200",
+            "--buyers",
+            "1500",
+            "--protocol",
+            "grpc",
+        ])
+        .arg("--dir")
+        .arg(&data)
+        .arg("--report")
+        .arg(&report)
+        .env_remove("TICKETLEDGER_URL")
+        .env_remove("TICKETLEDGER_KEY")
+        .output()
+        .expect("running ticketctl demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed\nstdout:\n{stdout}\nstderr (tail):\n{}",
+        &stderr[stderr.len().saturating_sub(4000)..]
+    );
+    assert!(stderr.contains("hold and release over gRPC"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    let checks = json["checks"].as_array().unwrap();
+    assert!(checks.len() >= 8, "{checks:?}");
+    assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
+    assert!(json["summary"]["holds"].as_u64().unwrap() > 0);
+}
+
+/// gRPC buyers need the demo's own cluster: on one given by --url the demo says so before
+/// it touches anything.
+#[test]
+fn the_demo_refuses_grpc_buyers_on_a_cluster_given_by_url() {
+    let out = Command::new(TICKETCTL)
+        .args([
+            "--url",
+            "http://127.0.0.1:9",
+            "--key",
+            "k",
+            "demo",
+            "--protocol",
+            "grpc",
+        ])
+        .output()
+        .expect("running ticketctl demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--protocol grpc needs the demo's own cluster"),
+        "{stderr}"
+    );
+}
+
 /// The same cluster, another principal's key.
 fn as_key(ctl: &Ctl, key: &str) -> Ctl {
     Ctl {

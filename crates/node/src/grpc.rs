@@ -653,7 +653,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let queue: QueueId = parse_id(&req.get_ref().queue_id, "queue entry")?;
         let found = self
             .app
-            .read(Consistency::Linearizable, |l| {
+            .read(consistency(req.get_ref().stale), |l| {
                 l.queue_entry(queue).map(|(e, pos)| (*e, pos))
             })
             .await?;

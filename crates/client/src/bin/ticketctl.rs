@@ -69,6 +69,10 @@ enum Cmd {
         /// Percent of buyers who join the pre-queue before the sale opens.
         #[arg(long, default_value_t = 2)]
         prequeue_percent: u32,
+        /// The API the buyers use to join, look at their turn, hold and release (default
+        /// http; grpc needs the demo's own cluster, not --url).
+        #[arg(long, value_enum)]
+        protocol: Option<client::demo::BuyerProtocol>,
         /// Where the report goes (report.json with the summary, checks and time series;
         /// sales.svg, a chart of sales over time).
         #[arg(long, default_value = "ticketctl-demo-report")]
@@ -398,6 +402,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             report,
             decline_percent,
             timeout_percent,
+            protocol,
         } => {
             // `--url` (or TICKETLEDGER_URL) runs the on-sale on that cluster, with `--key`.
             let external = match (cli.urls.is_empty(), &cli.key) {
@@ -416,6 +421,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 decline_percent: *decline_percent,
                 timeout_percent: *timeout_percent,
                 external,
+                protocol: *protocol,
             })
             .await
         }
