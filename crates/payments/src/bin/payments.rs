@@ -47,8 +47,8 @@ enum Cmd {
         /// Idle connections kept per ledger node: about the ledger calls in flight at the
         /// busiest (one per checkout being driven), or busy moments open and close
         /// connections all along.
-        #[arg(long, default_value_t = 1024)]
-        ledger_connections: usize,
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
+        ledger_connections: u16,
     },
     /// Run the simulated payment provider.
     Simulate {
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             let callback_url =
                 callback_url.unwrap_or_else(|| format!("http://{addr}/v1/provider/callbacks"));
             let reader = client::Client::try_new(ledger.clone())
-                .and_then(|c| c.with_idle_connections(ledger_connections))
+                .and_then(|c| c.with_idle_connections(usize::from(ledger_connections)))
                 .map_err(|e| anyhow::anyhow!("--ledger: {e}"))?;
             let ledger_client = reader
                 .clone()
