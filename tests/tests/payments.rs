@@ -268,6 +268,27 @@ async fn checkouts_book_decline_time_out_and_pay_late_by_the_written_rule() -> a
     );
     let (st, _) = pay(&http, &purl, "not-a-token", &ha.hold_id, "tok_ok").await?;
     assert_eq!(st, 401);
+    // Nor start paying for a live one: the extend made with their key is refused, nothing
+    // is charged, and the holder still pays for it as if nothing happened.
+    let owner = s.buyer().await?;
+    let hl = hold(owner.clone(), &["A:1:9"]).await?;
+    holds.insert(hl.hold_id.clone());
+    let (st, _) = pay(&http, &purl, &token(&intruder), &hl.hold_id, "tok_ok").await?;
+    assert!(
+        st == 403 || st == 404,
+        "a checkout of another's live hold answered {st}"
+    );
+    let after = s.service().checkout(&hl.hold_id).await;
+    assert_eq!(
+        after.as_ref().err().and_then(|e| e.code()),
+        Some("not_found"),
+        "the intruder's attempt started a checkout: {after:?}"
+    );
+    let (st, r) = pay(&http, &purl, &token(&owner), &hl.hold_id, "tok_ok").await?;
+    assert_eq!(
+        (st, r.context("a checkout result")?.outcome),
+        (200, CheckoutOutcome::Booked)
+    );
 
     // Declined: the hold is released and its seats are on sale again.
     let b = s.buyer().await?;
@@ -408,7 +429,7 @@ async fn checkouts_book_decline_time_out_and_pay_late_by_the_written_rule() -> a
     })
     .await?;
     let (charges, booked) = check_money(&s.service(), &book, &holds).await?;
-    assert_eq!((charges, booked), (6, 3), "charges and bookings");
+    assert_eq!((charges, booked), (7, 4), "charges and bookings");
     Ok(())
 }
 

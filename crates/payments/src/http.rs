@@ -8,9 +8,10 @@
 //! | `POST /v1/provider/callbacks` | the provider (signed) | a charge's outcome; duplicates are harmless |
 //! | `GET /healthz`, `GET /v1/stats` | anyone | liveness, outcome counters |
 //!
-//! The caller's token is used only to read the hold or booking from the ledger, so the
-//! ledger's own authorization decides who may pay for or refund what; the service's key does
-//! the writes.
+//! The ledger's own authorization decides who may pay for or refund what: a checkout begins
+//! with the extend of the hold made with the caller's token (refused unless the hold is
+//! theirs, and nothing is charged or told before it passed); a status or a refund reads the
+//! hold or booking with it first. The service's key does every other write.
 
 // Handlers answer early with a ready response; boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
@@ -186,10 +187,16 @@ async fn start<P: Provider>(
     if req.hold_id.is_empty() || req.hold_id.len() > 64 {
         return problem(422, "invalid_input", "hold_id must be 1..=64 bytes");
     }
-    if let Err(r) = owned_hold(&ctx, &headers, &req.hold_id).await {
-        return r;
-    }
-    match ctx.payments.checkout(&req.hold_id, &req.source).await {
+    // The buyer's own key extends the hold: the ledger's check that the hold is theirs.
+    let token = match bearer(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match ctx
+        .payments
+        .checkout(&req.hold_id, &req.source, &token)
+        .await
+    {
         Ok(r) => Json(r).into_response(),
         Err(e) => from_drive(&e),
     }

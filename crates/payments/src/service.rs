@@ -1,8 +1,11 @@
 //! The checkout saga (DESIGN.md §6), a client of the ledger through `crates/client`:
 //!
 //! 1. extend the hold into its payment grace with `payment_ref = pay-<hold id>` (the ledger
-//!    records a `started` checkout);
-//! 2. charge the provider with the same key: captured → record `captured`; declined → record
+//!    records a `started` checkout), with the buyer's own key, so the ledger refuses it
+//!    unless the hold is theirs;
+//! 2. charge the provider with the same key: captured → step 3 (the capture is recorded
+//!    only if a refund follows: the confirm books a `started` checkout, and a resume asks
+//!    the provider about every `started` one); declined → record
 //!    `failed` (the ledger releases the hold); no answer in time → cancel at the provider,
 //!    which makes the outcome definite (nothing charged → `failed`, the hold is released; it
 //!    had captured → the capture stands and goes on to step 3: a cancel never refunds, so a
@@ -16,7 +19,8 @@
 //!    A refusal that says nothing about the order (a revoked key, a limit) moves no money;
 //!    the capture stays open for the next resume.
 //!
-//! Every step's state is in the ledger and every call is idempotent (the provider by the
+//! Every open checkout is in the ledger (what its money did is at the provider, asked by the
+//! payment_ref) and every call is idempotent (the provider by the
 //! payment_ref, the ledger by keys derived from it), so [`Payments::resume`] (run at start
 //! and then periodically) finishes every open checkout after a crash. What the service keeps
 //! in memory is which holds it is driving right now, and the final outcomes (booked, declined,
@@ -223,28 +227,76 @@ impl<P: Provider> Payments<P> {
 
     /// Pay for a hold with `source`, start to end (or `pending` when the ledger or the
     /// provider did not give a definite answer in time; [`Payments::resume`] finishes it).
+    ///
+    /// The hold is extended into checkout with `buyer_key`, the buyer's own key, so the
+    /// ledger checks there, on the leader, that the hold is theirs (a refusal comes back as
+    /// [`DriveError::Ledger`] and nothing is charged); no outcome of the saga is told before
+    /// that check passed.
     pub async fn checkout(
         &self,
         hold_id: &str,
         source: &str,
+        buyer_key: &str,
     ) -> Result<CheckoutResult, DriveError> {
-        self.drive_once(hold_id, Some(source)).await
+        let lock = self.lock_for(hold_id);
+        let _g = lock.lock().await;
+        let first = self.extend_as_buyer(hold_id, buyer_key).await?;
+        if let Some(r) = self.settled.lock().expect("settled lock").get(hold_id) {
+            return Ok(r);
+        }
+        self.drive_and_keep(hold_id, Some(source), first).await
+    }
+
+    /// The extend that starts a buyer's checkout, with the buyer's key and the step's key:
+    /// `Some(checkout)` when it started (or a retry of it was answered again), `None` when the
+    /// ledger refused it for a reason about the hold's state (extended already, ended): the
+    /// hold is the buyer's, and the saga reads the checkout to see where it stands. A refusal
+    /// about who may touch the hold, or no definite answer, is the caller's error.
+    async fn extend_as_buyer(
+        &self,
+        hold_id: &str,
+        buyer_key: &str,
+    ) -> Result<Option<api::Checkout>, DriveError> {
+        let pref = payment_ref(hold_id);
+        let body = api::ExtendHold {
+            payment_ref: pref.clone(),
+        };
+        let extended: Result<api::Hold, Error> = self
+            .ledger
+            .clone()
+            .with_key(buyer_key.to_string())
+            .send_keyed(
+                Method::POST,
+                &format!("/v1/holds/{hold_id}/extend"),
+                Some(&body),
+                Some(step_key("extend", &pref)),
+            )
+            .await;
+        match extended {
+            Ok(hold) => Ok(Some(started(&hold, &pref))),
+            // What `extend_hold` refuses once it found the hold and its owner.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("invalid_state" | "hold_expired" | "hold_not_live" | "limit_exceeded")
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Finish a checkout without a payment source (a callback arrived, or resuming after a
     /// restart): whatever the provider decided is recorded; an undecided charge is cancelled.
     pub async fn settle(&self, hold_id: &str) -> Result<CheckoutResult, DriveError> {
-        self.drive_once(hold_id, None).await
+        self.drive_once(hold_id).await
     }
 
     /// Drive the hold's saga under its lock, unless it already ended here: then its final
     /// outcome (looked at again once the lock is ours, as a callback usually waits for the
     /// drive that is finishing it).
-    async fn drive_once(
-        &self,
-        hold_id: &str,
-        source: Option<&str>,
-    ) -> Result<CheckoutResult, DriveError> {
+    async fn drive_once(&self, hold_id: &str) -> Result<CheckoutResult, DriveError> {
         let known = || self.settled.lock().expect("settled lock").get(hold_id);
         if let Some(r) = known() {
             return Ok(r);
@@ -254,7 +306,17 @@ impl<P: Provider> Payments<P> {
         if let Some(r) = known() {
             return Ok(r);
         }
-        let r = self.drive(hold_id, source).await;
+        self.drive_and_keep(hold_id, None, None).await
+    }
+
+    /// [`Self::drive`], then count and keep its outcome (under the hold's lock).
+    async fn drive_and_keep(
+        &self,
+        hold_id: &str,
+        source: Option<&str>,
+        first: Option<api::Checkout>,
+    ) -> Result<CheckoutResult, DriveError> {
+        let r = self.drive(hold_id, source, first).await;
         if let Ok(r) = &r {
             self.count(r);
             self.settled.lock().expect("settled lock").keep(r);
@@ -339,20 +401,30 @@ impl<P: Provider> Payments<P> {
     }
 
     /// The saga, one definite step at a time. Each step acts on the checkout as the ledger
-    /// last answered for it: the reply of the step's own write where that reply is the
-    /// checkout (recording a payment), else a fresh read. A reply to a retried write can be
-    /// an older state than the ledger's now; acting on it is safe, because every step is
-    /// idempotent and the ledger refuses one that no longer fits (and money only moves back
-    /// after a fresh read). A happy checkout costs one read and three writes (it was four
-    /// reads and three writes).
+    /// last answered for it (`first`, the buyer's extend, to begin with): the reply of the
+    /// step's own write where that reply is the checkout (recording a payment), else a fresh
+    /// read. A reply to a retried write can be an older state than the ledger's now; acting on
+    /// it is safe, because every step is idempotent and the ledger refuses one that no longer
+    /// fits (and money only moves back after a fresh read).
+    ///
+    /// A capture this drive learns of is not recorded before the booking: the confirm books
+    /// a `started` checkout as it books a `captured` one, and if this process dies between
+    /// the two, the next resume finds the checkout `started` and asks the provider, which
+    /// says captured. The capture is recorded only on the way to a refund. A happy checkout
+    /// costs two writes, the buyer's extend and the confirm (it was one read and three
+    /// writes, and before that four reads and three writes).
     async fn drive(
         &self,
         hold_id: &str,
         source: Option<&str>,
+        first: Option<api::Checkout>,
     ) -> Result<CheckoutResult, DriveError> {
         let pref = payment_ref(hold_id);
         let mut charged = false;
-        let mut known: Option<api::Checkout> = None;
+        let mut known: Option<api::Checkout> = first;
+        // The provider_ref of a capture this drive learned of and has not recorded: the
+        // checkout is `started` in the ledger and captured in fact.
+        let mut captured: Option<String> = None;
         for _ in 0..MAX_STEPS {
             let read = match known.take() {
                 Some(c) => Ok(c),
@@ -398,7 +470,11 @@ impl<P: Provider> Payments<P> {
             if co.payment_ref != pref {
                 return Err(DriveError::ForeignCheckout(hold_id.to_string()));
             }
-            match co.state {
+            let state = match (co.state, &captured) {
+                (api::CheckoutState::Started, Some(_)) => api::CheckoutState::Captured,
+                (state, _) => state,
+            };
+            match state {
                 api::CheckoutState::Started => {
                     let decided = match source {
                         Some(src) if !charged => {
@@ -409,7 +485,9 @@ impl<P: Provider> Payments<P> {
                     };
                     let event = match decided {
                         Decided::Captured(provider_ref) => {
-                            api::PaymentEvent::Captured { provider_ref }
+                            captured = Some(provider_ref);
+                            known = Some(co);
+                            continue;
                         }
                         Decided::Failed(reason) => api::PaymentEvent::Failed { reason },
                         Decided::RefundedAtProvider(provider_ref, reason) => {
@@ -434,7 +512,11 @@ impl<P: Provider> Payments<P> {
                     }
                 }
                 api::CheckoutState::Captured => {
-                    let provider_ref = co.provider_ref.clone().unwrap_or_default();
+                    let provider_ref = co
+                        .provider_ref
+                        .clone()
+                        .or_else(|| captured.clone())
+                        .unwrap_or_default();
                     match self.book(hold_id, &pref).await {
                         Ok(b) => {
                             return Ok(self.result(
@@ -449,8 +531,16 @@ impl<P: Provider> Payments<P> {
                             // was made (by an earlier attempt whose answer was lost) shows
                             // here, and is never refunded by mistake.
                             match self.ledger.checkout(hold_id).await {
-                                Ok(c) if c.state != api::CheckoutState::Captured => continue,
-                                Ok(_) => {}
+                                // Still open: captured, recorded or not.
+                                Ok(c)
+                                    if c.state == api::CheckoutState::Captured
+                                        || (c.state == api::CheckoutState::Started
+                                            && captured.is_some()) => {}
+                                // It moved on (booked by an attempt whose answer was lost).
+                                Ok(c) => {
+                                    known = Some(c);
+                                    continue;
+                                }
                                 Err(re) => {
                                     return Ok(self.result(
                                         hold_id,
