@@ -348,6 +348,13 @@ async fn checkouts_book_decline_time_out_and_pay_late_by_the_written_rule() -> a
         let r = p.await??.1.context("result")?;
         assert_eq!(r.outcome, CheckoutOutcome::Pending, "{r:?}");
     }
+    // Both are the provider's to decide, and left to its callbacks: a resume now settles
+    // neither (every other checkout of this test has ended).
+    assert_eq!(
+        svc.resume(4).await?,
+        0,
+        "a resume asked again about checkouts the provider is deciding"
+    );
     let f = s.buyer().await?;
     // Retake E's seat as soon as its hold expired (a deadline, not a sleep).
     let f_hold = {

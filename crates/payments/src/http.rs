@@ -3,7 +3,7 @@
 //! | call | who | what |
 //! |---|---|---|
 //! | `POST /v1/checkouts` `StartCheckout` | the holder (their bearer token) | pay for a hold: 200 `CheckoutResult` |
-//! | `GET /v1/checkouts/{hold_id}` | the holder | where that checkout stands (settles it if it is open and idle) |
+//! | `GET /v1/checkouts/{hold_id}` | the holder | where that checkout stands (settles it if it is open and idle; one the provider is deciding is answered `pending` from memory for 10 s after each look) |
 //! | `POST /v1/refunds` `RefundBooking` | the booking's owner | refund a whole booking, in the ledger and at the provider |
 //! | `POST /v1/provider/callbacks` | the provider (signed) | a charge's outcome; duplicates are harmless |
 //! | `GET /healthz`, `GET /v1/stats` | anyone | liveness, outcome counters |
@@ -210,7 +210,7 @@ async fn status<P: Provider>(
     if let Err(r) = owned_hold(&ctx, &headers, &hold_id).await {
         return r;
     }
-    match ctx.payments.settle(&hold_id).await {
+    match ctx.payments.status(&hold_id).await {
         Ok(r) => Json(r).into_response(),
         Err(e) => from_drive(&e),
     }
