@@ -204,6 +204,21 @@ fn definite(e: &Error) -> bool {
         .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429)
 }
 
+/// Extend the hold into checkout with our payment_ref, as `ledger`'s key, under the step's key.
+async fn extend(ledger: &Client, hold_id: &str, pref: &str) -> Result<api::Hold, Error> {
+    let body = api::ExtendHold {
+        payment_ref: pref.to_string(),
+    };
+    ledger
+        .send_keyed(
+            Method::POST,
+            &format!("/v1/holds/{hold_id}/extend"),
+            Some(&body),
+            Some(step_key("extend", pref)),
+        )
+        .await
+}
+
 /// A refusal of a booking that says the order cannot be booked any more, so the written rule
 /// refunds it: the seats were taken after the hold expired, the hold was released or ended,
 /// the performance was cancelled. Anything else (authentication, a limit, a conflict of
@@ -271,21 +286,8 @@ impl<P: Provider> Payments<P> {
         buyer_key: &str,
     ) -> Result<Option<api::Checkout>, DriveError> {
         let pref = payment_ref(hold_id);
-        let body = api::ExtendHold {
-            payment_ref: pref.clone(),
-        };
-        let extended: Result<api::Hold, Error> = self
-            .ledger
-            .clone()
-            .with_key(buyer_key.to_string())
-            .send_keyed(
-                Method::POST,
-                &format!("/v1/holds/{hold_id}/extend"),
-                Some(&body),
-                Some(step_key("extend", &pref)),
-            )
-            .await;
-        match extended {
+        let buyer = self.ledger.clone().with_key(buyer_key.to_string());
+        match extend(&buyer, hold_id, &pref).await {
             Ok(hold) => Ok(Some(started(&hold, &pref))),
             // What `extend_hold` refuses once it found the hold and its owner.
             Err(e)
@@ -479,19 +481,7 @@ impl<P: Provider> Payments<P> {
             let co = match read {
                 Ok(c) => c,
                 Err(e) if e.code() == Some("not_found") && source.is_some() => {
-                    let body = api::ExtendHold {
-                        payment_ref: pref.clone(),
-                    };
-                    let extended: Result<api::Hold, Error> = self
-                        .ledger
-                        .send_keyed(
-                            Method::POST,
-                            &format!("/v1/holds/{hold_id}/extend"),
-                            Some(&body),
-                            Some(step_key("extend", &pref)),
-                        )
-                        .await;
-                    match extended {
+                    match extend(&self.ledger, hold_id, &pref).await {
                         // The read just before found no checkout and this drive holds the
                         // hold's lock, so this extend started it (a second payments process
                         // racing on the same hold is covered by the provider's idempotency,
