@@ -153,8 +153,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
 
 /// Read the hold with the caller's token: the ledger answers 401/403/404 for what they may
 /// not touch. Only whose hold it is matters here, and that never changes, so the answering
-/// node's own state decides (no read index through the leader, which was one of the five
-/// reads a checkout cost). A node that has not applied the hold yet answers `not_found`:
+/// node's own state decides (no read index through the leader). A node that has not applied the hold yet answers `not_found`:
 /// then the leader is asked. (What a stale read can get wrong is a session revoked within
 /// the replication lag: it may still start paying for its own hold.)
 async fn owned_hold<P>(

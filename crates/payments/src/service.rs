@@ -110,6 +110,17 @@ enum Decided {
     Deciding(String),
 }
 
+/// Where a drive begins.
+enum Begin {
+    /// With a read of the checkout (a callback, a resume, the buyer's status).
+    Read,
+    /// With the checkout the buyer's extend started (or an answer again to a retry of it).
+    Extended(api::Checkout),
+    /// With a read, the buyer's extend having been refused for the hold's state: no
+    /// checkout means there is nothing to pay for, and this refusal says why.
+    Refused(Error),
+}
+
 /// What recording a provider outcome in the ledger came to.
 enum Recorded {
     /// Recorded (or answered again for a retry): the checkout as the ledger answered.
@@ -204,21 +215,6 @@ fn definite(e: &Error) -> bool {
         .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429)
 }
 
-/// Extend the hold into checkout with our payment_ref, as `ledger`'s key, under the step's key.
-async fn extend(ledger: &Client, hold_id: &str, pref: &str) -> Result<api::Hold, Error> {
-    let body = api::ExtendHold {
-        payment_ref: pref.to_string(),
-    };
-    ledger
-        .send_keyed(
-            Method::POST,
-            &format!("/v1/holds/{hold_id}/extend"),
-            Some(&body),
-            Some(step_key("extend", pref)),
-        )
-        .await
-}
-
 /// A refusal of a booking that says the order cannot be booked any more, so the written rule
 /// refunds it: the seats were taken after the hold expired, the hold was released or ended,
 /// the performance was cancelled. Anything else (authentication, a limit, a conflict of
@@ -268,27 +264,35 @@ impl<P: Provider> Payments<P> {
     ) -> Result<CheckoutResult, DriveError> {
         let lock = self.lock_for(hold_id);
         let _g = lock.lock().await;
-        let first = self.extend_as_buyer(hold_id, buyer_key).await?;
+        let begin = self.extend_as_buyer(hold_id, buyer_key).await?;
         if let Some(r) = self.settled.lock().expect("settled lock").get(hold_id) {
             return Ok(r);
         }
-        self.drive_and_keep(hold_id, Some(source), first).await
+        self.drive_and_keep(hold_id, Some(source), begin).await
     }
 
     /// The extend that starts a buyer's checkout, with the buyer's key and the step's key:
-    /// `Some(checkout)` when it started (or a retry of it was answered again), `None` when the
-    /// ledger refused it for a reason about the hold's state (extended already, ended): the
-    /// hold is the buyer's, and the saga reads the checkout to see where it stands. A refusal
-    /// about who may touch the hold, or no definite answer, is the caller's error.
-    async fn extend_as_buyer(
-        &self,
-        hold_id: &str,
-        buyer_key: &str,
-    ) -> Result<Option<api::Checkout>, DriveError> {
+    /// [`Begin::Extended`] when it started (or a retry of it was answered again),
+    /// [`Begin::Refused`] when the ledger refused it for a reason about the hold's state
+    /// (extended already, ended): the hold is the buyer's, and the saga reads the checkout to
+    /// see where it stands. A refusal about who may touch the hold, or no definite answer, is
+    /// the caller's error.
+    async fn extend_as_buyer(&self, hold_id: &str, buyer_key: &str) -> Result<Begin, DriveError> {
         let pref = payment_ref(hold_id);
         let buyer = self.ledger.clone().with_key(buyer_key.to_string());
-        match extend(&buyer, hold_id, &pref).await {
-            Ok(hold) => Ok(Some(started(&hold, &pref))),
+        let body = api::ExtendHold {
+            payment_ref: pref.clone(),
+        };
+        let extended: Result<api::Hold, Error> = buyer
+            .send_keyed(
+                Method::POST,
+                &format!("/v1/holds/{hold_id}/extend"),
+                Some(&body),
+                Some(step_key("extend", &pref)),
+            )
+            .await;
+        match extended {
+            Ok(hold) => Ok(Begin::Extended(started(&hold, &pref))),
             // What `extend_hold` refuses once it found the hold and its owner.
             Err(e)
                 if matches!(
@@ -296,7 +300,7 @@ impl<P: Provider> Payments<P> {
                     Some("invalid_state" | "hold_expired" | "hold_not_live" | "limit_exceeded")
                 ) =>
             {
-                Ok(None)
+                Ok(Begin::Refused(e))
             }
             Err(e) => Err(e.into()),
         }
@@ -349,7 +353,7 @@ impl<P: Provider> Payments<P> {
         if let Some(r) = known() {
             return Ok(r);
         }
-        self.drive_and_keep(hold_id, None, None).await
+        self.drive_and_keep(hold_id, None, Begin::Read).await
     }
 
     /// [`Self::drive`], then count and keep its outcome (under the hold's lock).
@@ -357,9 +361,9 @@ impl<P: Provider> Payments<P> {
         &self,
         hold_id: &str,
         source: Option<&str>,
-        first: Option<api::Checkout>,
+        begin: Begin,
     ) -> Result<CheckoutResult, DriveError> {
-        let r = self.drive(hold_id, source, first).await;
+        let r = self.drive(hold_id, source, begin).await;
         if !matches!(&r, Ok(r) if r.outcome == CheckoutOutcome::Pending) {
             self.deciding.lock().expect("deciding lock").remove(hold_id);
         }
@@ -449,7 +453,7 @@ impl<P: Provider> Payments<P> {
     }
 
     /// The saga, one definite step at a time. Each step acts on the checkout as the ledger
-    /// last answered for it (`first`, the buyer's extend, to begin with): the reply of the
+    /// last answered for it (the buyer's extend, to begin with): the reply of the
     /// step's own write where that reply is the checkout (recording a payment), else a fresh
     /// read. A reply to a retried write can be an older state than the ledger's now; acting on
     /// it is safe, because every step is idempotent and the ledger refuses one that no longer
@@ -465,11 +469,15 @@ impl<P: Provider> Payments<P> {
         &self,
         hold_id: &str,
         source: Option<&str>,
-        first: Option<api::Checkout>,
+        begin: Begin,
     ) -> Result<CheckoutResult, DriveError> {
         let pref = payment_ref(hold_id);
         let mut charged = false;
-        let mut known: Option<api::Checkout> = first;
+        let (mut known, refused) = match begin {
+            Begin::Read => (None, None),
+            Begin::Extended(c) => (Some(c), None),
+            Begin::Refused(e) => (None, Some(e)),
+        };
         // The provider_ref of a capture this drive learned of and has not recorded: the
         // checkout is `started` in the ledger and captured in fact.
         let mut captured: Option<String> = None;
@@ -480,26 +488,14 @@ impl<P: Provider> Payments<P> {
             };
             let co = match read {
                 Ok(c) => c,
-                Err(e) if e.code() == Some("not_found") && source.is_some() => {
-                    match extend(&self.ledger, hold_id, &pref).await {
-                        // The read just before found no checkout and this drive holds the
-                        // hold's lock, so this extend started it (a second payments process
-                        // racing on the same hold is covered by the provider's idempotency,
-                        // as it was when this read the checkout back).
-                        Ok(hold) => {
-                            known = Some(started(&hold, &pref));
-                            continue;
-                        }
-                        Err(e) if definite(&e) && e.code() != Some("not_found") => {
-                            return Ok(self.result(
-                                hold_id,
-                                CheckoutOutcome::Expired,
-                                None,
-                                Some(e.to_string()),
-                            ));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                // No checkout, and the buyer's extend was refused: nothing to pay for.
+                Err(e) if e.code() == Some("not_found") && refused.is_some() => {
+                    return Ok(self.result(
+                        hold_id,
+                        CheckoutOutcome::Expired,
+                        None,
+                        refused.as_ref().map(|r| r.to_string()),
+                    ));
                 }
                 Err(e) => return Err(e.into()),
             };
