@@ -515,18 +515,15 @@ impl App {
         })
     }
 
-    /// Ready: a leader is known and this node applied what it knows to be committed.
+    /// Ready: a leader is known and this node applied what it knows to be committed, within
+    /// [`READY_MAX_LAG`] entries ([`readiness_of`]).
     pub fn readiness(&self) -> Result<(), String> {
         let m = self.raft.metrics().borrow_watched().clone();
-        if m.current_leader.is_none() {
-            return Err("no leader known".into());
-        }
-        let committed = m.local_committed.map(|l| l.index).unwrap_or(0);
-        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-        if applied < committed {
-            return Err(format!("applying: {applied} of {committed}"));
-        }
-        Ok(())
+        readiness_of(
+            m.current_leader.is_some(),
+            m.local_committed.map(|l| l.index).unwrap_or(0),
+            m.last_applied.map(|l| l.index).unwrap_or(0),
+        )
     }
 
     pub fn render_metrics(&self) -> String {
@@ -609,5 +606,45 @@ impl std::fmt::Display for WriteFailure {
             WriteFailure::NotLeader => f.write_str("not the leader"),
             WriteFailure::Other(e) => write!(f, "{}: {}", e.code, e.detail),
         }
+    }
+}
+
+/// How far behind its commit index a node may apply and still be ready: under steady writes
+/// every node is an entry or a batch behind at any instant (each commit is applied a moment
+/// after it is known), so "applied == committed" would flap `/readyz` and the gRPC health on
+/// every write, and a probe-driven balancer would drain healthy nodes. A node replaying its
+/// log after a restart, or catching up after a partition, is far more than this behind.
+pub const READY_MAX_LAG: u64 = 256;
+
+/// Readiness from what a node knows: a leader, and applied within [`READY_MAX_LAG`] entries of
+/// what it knows committed.
+pub fn readiness_of(leader_known: bool, committed: u64, applied: u64) -> Result<(), String> {
+    if !leader_known {
+        return Err("no leader known".into());
+    }
+    let behind = committed.saturating_sub(applied);
+    if behind > READY_MAX_LAG {
+        return Err(format!(
+            "applying: {applied} of {committed} ({behind} entries behind, ready within {READY_MAX_LAG})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::*;
+
+    #[test]
+    fn ready_while_keeping_up_not_while_replaying() {
+        assert!(readiness_of(false, 0, 0).unwrap_err().contains("no leader"));
+        assert!(readiness_of(true, 0, 0).is_ok());
+        // A write in flight: one entry committed and not yet applied is still ready.
+        assert!(readiness_of(true, 298, 297).is_ok());
+        assert!(readiness_of(true, 1000 + READY_MAX_LAG, 1000).is_ok());
+        let e = readiness_of(true, 1001 + READY_MAX_LAG, 1000).unwrap_err();
+        assert!(e.contains("applying: 1000 of"), "{e}");
+        // Applied past what this node has heard committed (the metric lags): ready.
+        assert!(readiness_of(true, 5, 9).is_ok());
     }
 }

@@ -384,11 +384,11 @@ type FeedStream = std::pin::Pin<
 >;
 
 /// Whether this node can serve the API now: a leader is known, this node applied what it knows
-/// committed (readiness, `/readyz`), and the leader still has a quorum: on the leader itself,
-/// a quorum of voters acknowledged it within the election timeout (an isolated leader keeps
-/// its title until it hears of a newer term, but can commit nothing); on a follower, its
-/// leader is known (a follower that stops hearing from it starts an election and forgets it
-/// within one election timeout).
+/// committed within `READY_MAX_LAG` entries (readiness, `/readyz`), and the leader still has a
+/// quorum: on the leader itself, a quorum of voters acknowledged it within the election
+/// timeout (an isolated leader keeps its title until it hears of a newer term, but can commit
+/// nothing); on a follower, its leader is known (a follower that stops hearing from it starts
+/// an election and forgets it within one election timeout).
 pub fn can_serve(app: &App) -> std::result::Result<(), String> {
     use openraft::Instant as _;
     use openraft::type_config::async_runtime::WatchReceiver as _;

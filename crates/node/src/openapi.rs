@@ -246,7 +246,8 @@ mod ops {
         responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
     pub fn healthz() {}
 
-    /// Readiness: a leader is known and this node applied what it knows committed.
+    /// Readiness: a leader is known and this node applied what it knows committed (within
+    /// 256 entries, so a write in flight does not count as unready).
     #[utoipa::path(get, path = "/readyz", tag = "probes",
         responses((status = 200, description = "`ready`", body = String, content_type = "text/plain")))]
     pub fn readyz() {}
