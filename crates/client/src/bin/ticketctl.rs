@@ -63,7 +63,8 @@ enum Cmd {
         /// Where the cluster's data goes (default: a temporary directory, removed after).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Admissions per second from the waiting room (default: a tenth of the seats).
+        /// Admissions per second from the waiting room (default: a fortieth of the seats,
+        /// 50..=20000).
         #[arg(long, default_value_t = 0)]
         admission_rate: u32,
         /// Percent of buyers who join the pre-queue before the sale opens.
