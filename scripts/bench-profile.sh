@@ -38,7 +38,13 @@ mkdir -p "$OUT"
 perf_pid=""
 cleanup() {
     set +e
-    [ -n "$perf_pid" ] && kill -INT "$perf_pid" 2>/dev/null && wait "$perf_pid" 2>/dev/null
+    # The perf job is perf itself once recording, else a subshell still waiting for the
+    # loadgen (a loadgen that failed early): interrupt its child too, or bash waits for the
+    # child and the loop goes on, and this cleanup never stops the cluster.
+    if [ -n "$perf_pid" ]; then
+        pkill -INT -P "$perf_pid" 2>/dev/null
+        kill -INT "$perf_pid" 2>/dev/null && wait "$perf_pid" 2>/dev/null
+    fi
     "$bin/ticketctl" dev down --dir "$work/tl" >/dev/null 2>&1
     rm -rf "$work/tl"
     [ "$OUT" = "$work/out" ] || rm -rf "$work"
