@@ -270,8 +270,9 @@ struct Sale {
     /// Buyers with a request in flight while shopping (hold, pay).
     active: Semaphore,
     /// Buyers with a join in flight: a separate bound, so the stampede of arrivals does not
-    /// queue in front of admitted buyers who are shopping.
-    joining: Semaphore,
+    /// queue in front of admitted buyers who are shopping. An arriving buyer becomes a task
+    /// only once it holds one of these (the arrivals wait in line for it as plain data).
+    joining: Arc<Semaphore>,
     /// Buyers looking at their queue entry.
     polling: Semaphore,
     /// Buyers waiting for their turn in line.
@@ -509,7 +510,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         stats: Stats::default(),
         book: Mutex::default(),
         active: Semaphore::new(ACTIVE_BUYERS),
-        joining: Semaphore::new(JOINING_BUYERS),
+        joining: Arc::new(Semaphore::new(JOINING_BUYERS)),
         polling: Semaphore::new(POLLING_BUYERS),
         turns: Turns::default(),
         stop: AtomicBool::new(false),
@@ -561,28 +562,30 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
         "on sale: the seed is revealed; {} more buyers arrive over 10 s",
         o.buyers - prequeued
     );
-    // The buyers arrive from a task of their own, each spawned when it is due (a few
-    // thousand arrivals per 10 ms tick), so the room watcher below starts at once: buyers in
-    // line are woken only by it. (Spawning a million sleeping tasks up front delayed its
-    // first status by 13-20 s at 1M buyers, and every admitted buyer waited for it.)
+    // The buyers arrive from a task of their own, each when it is due (a few thousand
+    // arrivals per 10 ms tick), so the room watcher below starts at once: buyers in line are
+    // woken only by it. (Spawning a million sleeping tasks up front delayed its first status
+    // by 13-20 s at 1M buyers, and every admitted buyer waited for it.) An arrival becomes a
+    // task once it has a join permit: spawned when due, 98k arriving buyers a second kept
+    // the runtime's run queue thousands deep at the opening, and the watcher's status came
+    // every 2-3 s instead of every 250 ms while admitted buyers waited for it.
     let live = Arc::new(AtomicUsize::new(o.buyers));
     {
         let (sale, room_rx, live) = (sale.clone(), room_rx.clone(), live.clone());
         tokio::spawn(async move {
-            let spawn = |b: Client, queue: Option<String>, n: usize| {
+            let spawn = |b: Client, entry: Entry, n: usize| {
                 let (sale, rx, left) = (sale.clone(), room_rx.clone(), Leaving(live.clone()));
-                let after_open = queue.is_none();
                 tokio::spawn(async move {
                     let _left = left;
                     let b = Buyer::new(&sale, b, n);
-                    buyer(&sale, &b, queue, rx, n as u64, after_open).await
+                    buyer(&sale, &b, entry, rx, n as u64).await
                 });
             };
             // The pre-queue holds buyers 0..prequeued, in order.
             let mut arriving = buyers.into_iter();
             for (k, ((i, queue), b)) in pre.into_iter().zip(arriving.by_ref()).enumerate() {
                 assert_eq!(i, k, "the pre-queue is the first buyers, in order");
-                spawn(b, Some(queue), i);
+                spawn(b, Entry::PreQueued(queue), i);
             }
             let late = arriving.len();
             let arrival = Instant::now();
@@ -593,7 +596,17 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
                 let due = ((arrival.elapsed().as_millis() as usize).saturating_mul(late) / 10_000)
                     .clamp(next + 1, late);
                 for (k, b) in (next..due).zip(arriving.by_ref()) {
-                    spawn(b, None, prequeued + k);
+                    // Arrivals wait minutes for a permit at 1M buyers: one whose turn comes
+                    // after the sell-out sees the room's sold-out status, as its app would,
+                    // instead of asking.
+                    if room_rx.borrow().sold_out {
+                        sale.stats.told_sold_out.fetch_add(1, Relaxed);
+                        live.fetch_sub(1, Relaxed);
+                        continue;
+                    }
+                    let permit = sale.joining.clone().acquire_owned().await;
+                    let permit = permit.expect("the join semaphore is never closed");
+                    spawn(b, Entry::Arriving(permit), prequeued + k);
                 }
                 next = due;
             }
@@ -1020,29 +1033,23 @@ fn patient(admin: &Client) -> Client {
 }
 
 /// One buyer, from joining (unless already in the pre-queue) to a booking or giving up.
-async fn buyer(
-    sale: &Sale,
-    b: &Buyer,
-    queue: Option<String>,
-    room: watch::Receiver<Room>,
-    n: u64,
-    after_open: bool,
-) {
+/// How a buyer comes to the sale: already in the pre-queue, or arriving after the opening
+/// with a permit to join.
+enum Entry {
+    PreQueued(String),
+    Arriving(tokio::sync::OwnedSemaphorePermit),
+}
+
+async fn buyer(sale: &Sale, b: &Buyer, entry: Entry, room: watch::Receiver<Room>, n: u64) {
+    let after_open = matches!(entry, Entry::Arriving(_));
     let mut r = 0x9E37_79B9_7F4A_7C15u64 ^ (n + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
     if room.borrow().sold_out {
         sale.stats.told_sold_out.fetch_add(1, Relaxed);
         return;
     }
-    let (queue, ahead) = match queue {
-        Some(q) => (q, None),
-        None => {
-            let _p = sale.joining.acquire().await;
-            // Joiners queue here for minutes at 1M buyers: one that gets its turn after the
-            // sell-out sees the room's sold-out status, as its app would, instead of asking.
-            if room.borrow().sold_out {
-                sale.stats.told_sold_out.fetch_add(1, Relaxed);
-                return;
-            }
+    let (queue, ahead) = match entry {
+        Entry::PreQueued(q) => (q, None),
+        Entry::Arriving(_permit) => {
             match Box::pin(join(sale, b)).await {
                 Ok(q) => q,
                 Err(e) if e.code() == Some("sold_out") => {
