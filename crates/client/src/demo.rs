@@ -1049,19 +1049,17 @@ async fn buyer(sale: &Sale, b: &Buyer, entry: Entry, room: watch::Receiver<Room>
     }
     let (queue, ahead) = match entry {
         Entry::PreQueued(q) => (q, None),
-        Entry::Arriving(_permit) => {
-            match Box::pin(join(sale, b)).await {
-                Ok(q) => q,
-                Err(e) if e.code() == Some("sold_out") => {
-                    sale.stats.told_sold_out.fetch_add(1, Relaxed);
-                    return;
-                }
-                Err(e) => {
-                    sale.stats.error(&e);
-                    return;
-                }
+        Entry::Arriving(_permit) => match Box::pin(join(sale, b)).await {
+            Ok(q) => q,
+            Err(e) if e.code() == Some("sold_out") => {
+                sale.stats.told_sold_out.fetch_add(1, Relaxed);
+                return;
             }
-        }
+            Err(e) => {
+                sale.stats.error(&e);
+                return;
+            }
+        },
     };
     // Wait in line: look at my own entry when the room has admitted about as many as were
     // ahead of me (the join said how many), else wait for the room's next status (shared by
