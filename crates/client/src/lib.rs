@@ -581,7 +581,8 @@ impl Client {
         out
     }
 
-    /// `GET /readyz` of every node, in order: whether it has a leader and has caught up.
+    /// `GET /readyz` of every node, in order: whether it has a leader and keeps up (applied
+    /// within 256 entries of what it knows committed).
     pub async fn ready(&self) -> Vec<bool> {
         let mut out = Vec::new();
         for i in 0..self.nodes.len() {
