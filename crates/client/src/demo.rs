@@ -567,8 +567,8 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
     // woken only by it. (Spawning a million sleeping tasks up front delayed its first status
     // by 13-20 s at 1M buyers, and every admitted buyer waited for it.) An arrival becomes a
     // task once it has a join permit: spawned when due, 98k arriving buyers a second kept
-    // the runtime's run queue thousands deep at the opening, and the watcher's status came
-    // every 2-3 s instead of every 250 ms while admitted buyers waited for it.
+    // the runtime's run queue thousands deep at the opening, and the status line came every
+    // 2-4 s instead of every second while admitted buyers waited for the watcher.
     let live = Arc::new(AtomicUsize::new(o.buyers));
     {
         let (sale, room_rx, live) = (sale.clone(), room_rx.clone(), live.clone());
@@ -596,7 +596,7 @@ pub async fn run(o: DemoOptions) -> anyhow::Result<()> {
                 let due = ((arrival.elapsed().as_millis() as usize).saturating_mul(late) / 10_000)
                     .clamp(next + 1, late);
                 for (k, b) in (next..due).zip(arriving.by_ref()) {
-                    // Arrivals wait minutes for a permit at 1M buyers: one whose turn comes
+                    // Arrivals wait the rest of the sale for a permit at 1M buyers: one whose turn comes
                     // after the sell-out sees the room's sold-out status, as its app would,
                     // instead of asking.
                     if room_rx.borrow().sold_out {
@@ -1032,7 +1032,6 @@ fn patient(admin: &Client) -> Client {
         .with_attempt_timeout(Duration::from_secs(60))
 }
 
-/// One buyer, from joining (unless already in the pre-queue) to a booking or giving up.
 /// How a buyer comes to the sale: already in the pre-queue, or arriving after the opening
 /// with a permit to join.
 enum Entry {
@@ -1040,6 +1039,7 @@ enum Entry {
     Arriving(tokio::sync::OwnedSemaphorePermit),
 }
 
+/// One buyer, from joining (unless already in the pre-queue) to a booking or giving up.
 async fn buyer(sale: &Sale, b: &Buyer, entry: Entry, room: watch::Receiver<Room>, n: u64) {
     let after_open = matches!(entry, Entry::Arriving(_));
     let mut r = 0x9E37_79B9_7F4A_7C15u64 ^ (n + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
