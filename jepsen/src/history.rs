@@ -17,7 +17,7 @@ use std::time::Instant;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "f", rename_all = "snake_case")]
 pub enum Op {
-    /// Hold one seat of the hot section (`key` empty: without an idempotency key).
+    /// Hold one seat of the hot section.
     Hold { seat: String, key: String },
     /// Hold a quantity of the general-admission section.
     GaHold { quantity: u16, key: String },
@@ -87,8 +87,6 @@ impl Op {
         }
     }
 
-    /// The idempotency key its attempts share; `None` for an unkeyed hold (an empty key),
-    /// which is tried once and never retried.
     pub fn key(&self) -> Option<&str> {
         match self {
             Op::Hold { key, .. }
@@ -99,7 +97,7 @@ impl Op {
             | Op::Join { key, .. }
             | Op::WrHold { key, .. }
             | Op::WrRelease { key, .. }
-            | Op::OpenRoom { key } => Some(key.as_str()).filter(|k| !k.is_empty()),
+            | Op::OpenRoom { key } => Some(key),
             _ => None,
         }
     }

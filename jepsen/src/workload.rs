@@ -242,12 +242,7 @@ impl Process {
             }
             _ => {
                 let seat = self.seats[self.rng.random_range(0..self.seats.len())].clone();
-                // A third go without an idempotency key: the leader answers those its seats
-                // refuse from its state instead of logging them.
-                let key = match self.rng.random_bool(1.0 / 3.0) {
-                    true => String::new(),
-                    false => self.key(),
-                };
+                let key = self.key();
                 Op::Hold { seat, key }
             }
         }
@@ -318,9 +313,6 @@ impl Process {
                     quantity: None,
                     category: None,
                 };
-                if key.is_empty() {
-                    return hold_value(self.hold_once(&body).await);
-                }
                 hold_value(
                     self.buyer
                         .send_keyed(Method::POST, "/v1/holds", Some(&body), Some(key.clone()))
@@ -429,27 +421,6 @@ impl Process {
             .find(|r| r.0 as u64 == slot)
             .unwrap_or(&self.readers[0]);
         if stale { &r.2 } else { &r.1 }
-    }
-}
-
-impl Process {
-    /// An unkeyed hold: one attempt at this process's node, never retried (a second attempt
-    /// could place it twice); no answer is an unknown outcome.
-    async fn hold_once(&self, body: &api::CreateHold) -> client::Result<api::Hold> {
-        let node = self.id as usize % self.buyer.nodes().len();
-        let body = serde_json::to_vec(body).expect("request types serialize");
-        let (status, bytes) = self
-            .buyer
-            .raw(node, Method::POST, "/v1/holds", Some(body))
-            .await?;
-        let decode = |e: serde_json::Error| client::Error::Decode(format!("{status}: {e}"));
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(decode);
-        }
-        let problem: api::Problem = serde_json::from_slice(&bytes).map_err(decode)?;
-        Err(client::Error::Api {
-            problem: Box::new(problem),
-        })
     }
 }
 

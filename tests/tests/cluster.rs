@@ -41,9 +41,6 @@ async fn a_held_seat_is_409_on_every_node_and_concurrent_holds_have_one_winner()
         .hold(&seats_hold(&cat.performance, &["A:2:5"]))
         .await
         .unwrap();
-    let leader = t.c().wait_leader(Duration::from_secs(10)).await.unwrap();
-    let refused = "ticketledger_holds_refused_by_seats_total";
-    let refused_before = node_gauge(&t, leader, refused).await.unwrap();
     for n in &t.c().nodes {
         let key = t.c().node_client(n.id).unwrap();
         let _ = key; // node clients use the admin key; use a buyer pinned to this node instead
@@ -65,13 +62,6 @@ async fn a_held_seat_is_409_on_every_node_and_concurrent_holds_have_one_winner()
         );
         assert!(String::from_utf8_lossy(&body).contains("seat_unavailable"));
     }
-    // Each of the three refusals (one on the leader, two forwarded to it) was answered from
-    // the leader's state after a read index, not logged.
-    assert_eq!(
-        node_gauge(&t, leader, refused).await.unwrap() - refused_before,
-        3,
-        "leader {leader}"
-    );
     // Two buyers race for each of 20 seats through two different nodes: exactly one wins each.
     for k in 1..=20 {
         let seat = format!("A:3:{k}");

@@ -1092,31 +1092,7 @@ impl Ledger {
 
     // ---------------------------------------------------------------- holds
 
-    /// The refusal a hold would meet at this state for its seats alone (one taken, too few
-    /// left, none left), exactly what applying it now would answer; `None` when it would be
-    /// placed or refused for anything else. A pure read: the leader answers such a hold from
-    /// its state after a read index instead of logging it (node's `App::refused_by_seats`),
-    /// as the refusal changes nothing.
-    pub fn hold_seat_refusal(
-        &self,
-        p: Principal,
-        id: PerformanceId,
-        what: &HoldRequest,
-    ) -> Option<Rejection> {
-        match self.check_hold(p, id, what.clone()) {
-            Err(r) if matches!(r.code, Code::SeatUnavailable | Code::SoldOut) => Some(r),
-            _ => None,
-        }
-    }
-
-    /// Every check a hold passes before it is placed, at the ledger's clock: the seats it
-    /// resolves to (best available picked here) and their price.
-    fn check_hold(
-        &self,
-        p: Principal,
-        id: PerformanceId,
-        what: HoldRequest,
-    ) -> Result<(HoldRequest, u64)> {
+    fn place_hold(&mut self, p: Principal, id: PerformanceId, what: HoldRequest) -> Result<Reply> {
         let now = self.s.clock_ms;
         let perf = self.performance(id)?;
         self.require(p, &[Role::Buyer, Role::Operator], "hold seats")?;
@@ -1174,12 +1150,6 @@ impl Ledger {
             other => other,
         };
         let amount_minor = validate_hold_request(perf, venue, &what)?;
-        Ok((what, amount_minor))
-    }
-
-    fn place_hold(&mut self, p: Principal, id: PerformanceId, what: HoldRequest) -> Result<Reply> {
-        let (what, amount_minor) = self.check_hold(p, id, what)?;
-        let now = self.s.clock_ms;
         // Valid: mutate.
         let hold_id = HoldId(self.next_id());
         let State {

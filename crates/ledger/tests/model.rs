@@ -530,44 +530,11 @@ fn perf_spec(event: EventId, venue: VenueId, room: bool) -> PerformanceSpec {
 
 impl Harness {
     fn send(&mut self, cmd: Command) -> Outcome {
-        self.refusal_is_a_pure_read(&cmd);
         self.index += 1;
         self.history.push(cmd.clone());
         let outcome = self.ledger.apply(self.index, cmd);
         self.outcomes.push(outcome.clone());
         outcome
-    }
-
-    /// What the leader answers from its state without logging (a hold its seats refuse) is
-    /// exactly what applying the hold at that state answers, and applying it changes nothing
-    /// but the applied index.
-    fn refusal_is_a_pure_read(&self, cmd: &Command) {
-        let (None, Op::PlaceHold { performance, what }) = (&cmd.idempotency_key, &cmd.op) else {
-            return;
-        };
-        let Some(refusal) = self
-            .ledger
-            .hold_seat_refusal(cmd.principal, *performance, what)
-        else {
-            return;
-        };
-        assert!(
-            matches!(refusal.code, Code::SeatUnavailable | Code::SoldOut),
-            "{refusal:?}"
-        );
-        let at_clock = Command {
-            stamp_ms: self.ledger.clock_ms(),
-            ..cmd.clone()
-        };
-        let (mut applied, mut skipped) = (self.ledger.clone(), self.ledger.clone());
-        let index = self.index + 1;
-        assert_eq!(applied.apply(index, at_clock), Outcome::Rejected(refusal));
-        skipped.skip_index(index);
-        assert_eq!(
-            applied.state_hash(),
-            skipped.state_hash(),
-            "a refused hold changed the state"
-        );
     }
 
     fn setup(&mut self, p: Principal, op: Op) -> Reply {

@@ -183,11 +183,13 @@ impl App {
         // Two tries: a leader change between looking and proposing is retried once.
         for _ in 0..2 {
             match self.leader() {
-                Some(leader) if leader == self.cfg.id => match self.submit(request.clone()).await {
-                    Err(WriteFailure::NotLeader) => self.wait_for_leader().await?,
-                    Err(WriteFailure::Other(e)) => return Err(e),
-                    Ok(outcome) => return Ok(outcome),
-                },
+                Some(leader) if leader == self.cfg.id => {
+                    match self.propose(request.clone()).await {
+                        Err(WriteFailure::NotLeader) => self.wait_for_leader().await?,
+                        Err(WriteFailure::Other(e)) => return Err(e),
+                        Ok(outcome) => return Ok(outcome),
+                    }
+                }
                 Some(leader) => {
                     self.metrics.proposals_forwarded.fetch_add(1, Relaxed);
                     match self.peers.forward(&self.raft, leader, &request).await? {
@@ -227,42 +229,6 @@ impl App {
                 ));
             }
         }
-    }
-
-    /// On the leader: answer a hold its seats refuse from the state, or else propose it.
-    pub async fn submit(&self, request: ForwardRequest) -> Result<(Outcome, u64), WriteFailure> {
-        if let Some(refused) = self.refused_by_seats(&request).await {
-            return Ok(refused);
-        }
-        self.propose(request).await
-    }
-
-    /// On the leader: a hold without an idempotency key that its seats refuse (one taken,
-    /// too few or none left) is answered from the leader's state after a read index, like a
-    /// linearizable read, instead of being logged: a refusal changes nothing, so logging it
-    /// cost a log write, a replication round and an apply on every node for no state (half
-    /// of a contended on-sale's holds). The state's verdict is the ledger's own
-    /// (`Ledger::hold_seat_refusal`, the checks `apply` runs) at the ledger's clock, taken
-    /// after everything committed before the request is applied here, so it is what the
-    /// hold would have met had it been logged right then. A hold the state would place, or
-    /// refuse for another reason, and a keyed hold (its outcome is recorded for retries) are
-    /// proposed as before; so is this one if the read index fails (leadership changing).
-    async fn refused_by_seats(&self, request: &ForwardRequest) -> Option<(Outcome, u64)> {
-        let (None, Op::PlaceHold { performance, what }) = (&request.idempotency_key, &request.op)
-        else {
-            return None;
-        };
-        let refusal = |l: &Ledger| {
-            l.hold_seat_refusal(request.principal, *performance, what)
-                .map(|r| (Outcome::Rejected(r), l.last_index()))
-        };
-        // Most holds pass this stale look and go straight to the proposer.
-        self.ledger.read(refusal)?;
-        let index = self.read_index().await.ok()?;
-        self.wait_applied(index).await.ok()?;
-        let refused = self.ledger.read(refusal)?;
-        self.metrics.holds_refused_by_seats.fetch_add(1, Relaxed);
-        Some(refused)
     }
 
     /// On the leader: queue the write for the proposer, which stamps and proposes writes

@@ -69,7 +69,6 @@ pub struct Metrics {
     pub proposals: AtomicU64,
     pub proposals_forwarded: AtomicU64,
     pub proposals_rejected_overload: AtomicU64,
-    pub holds_refused_by_seats: AtomicU64,
     pub ticks: AtomicU64,
     pub batch_size: Histogram<10>,
     latency: [Histogram<14>; 3],
@@ -83,7 +82,6 @@ impl Default for Metrics {
             proposals: AtomicU64::new(0),
             proposals_forwarded: AtomicU64::new(0),
             proposals_rejected_overload: AtomicU64::new(0),
-            holds_refused_by_seats: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
             batch_size: Histogram::new(BATCH_BUCKETS),
             latency: std::array::from_fn(|_| Histogram::new(LATENCY_BUCKETS_US)),
@@ -192,11 +190,6 @@ impl Metrics {
             "ticketledger_proposals_overloaded_total",
             "Writes refused with 503 because too many were in flight.",
             &self.proposals_rejected_overload,
-        );
-        counter(
-            "ticketledger_holds_refused_by_seats_total",
-            "Holds this leader refused for their seats from its state after a read index, not logged.",
-            &self.holds_refused_by_seats,
         );
         counter(
             "ticketledger_ticks_total",

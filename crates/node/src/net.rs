@@ -450,7 +450,7 @@ impl pb::raft_server::Raft for RaftService {
     async fn forward(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
         self.peer(&req)?;
         let request: ForwardRequest = decode(&req.into_inner().data)?;
-        let r = match tokio::time::timeout(self.app.cfg.request_timeout, self.app.submit(request))
+        let r = match tokio::time::timeout(self.app.cfg.request_timeout, self.app.propose(request))
             .await
         {
             Ok(Ok((o, index))) => ForwardReply::Outcome(o, index),

@@ -71,22 +71,7 @@ pub fn spec(event: EventId, venue: VenueId, room: bool) -> PerformanceSpec {
 impl Fix {
     pub fn run(&mut self, p: Principal, op: Op) -> Outcome {
         self.i += 1;
-        let cmd = Command::new(self.now, p, op);
-        let refusal = self.seat_refusal(&cmd);
-        let outcome = self.l.apply(self.i, cmd);
-        refusal.agrees(&outcome);
-        outcome
-    }
-
-    /// What the leader would answer without logging, for an unkeyed hold stamped at the
-    /// ledger's clock (a later stamp could expire holds first).
-    pub fn seat_refusal(&self, cmd: &Command) -> SeatRefusal {
-        match (&cmd.idempotency_key, &cmd.op) {
-            (None, Op::PlaceHold { performance, what }) if cmd.stamp_ms <= self.l.clock_ms() => {
-                SeatRefusal::Checked(self.l.hold_seat_refusal(cmd.principal, *performance, what))
-            }
-            _ => SeatRefusal::NotChecked,
-        }
+        self.l.apply(self.i, Command::new(self.now, p, op))
     }
 
     pub fn ok(&mut self, p: Principal, op: Op) -> Reply {
@@ -105,10 +90,7 @@ impl Fix {
             Command::new(cmd.stamp_ms, Principal::System, Op::Tick),
         );
         let what = format!("{:?}", cmd.op);
-        let refusal = self.seat_refusal(&cmd);
-        let outcome = self.l.apply(self.i, cmd);
-        refusal.agrees(&outcome);
-        match outcome {
+        match self.l.apply(self.i, cmd) {
             Outcome::Rejected(r) => {
                 assert_eq!(r.code, code, "{what}: {}", r.detail);
                 assert!(!r.detail.is_empty());
@@ -161,34 +143,6 @@ impl Fix {
                 b
             }
             r => panic!("{r:?}"),
-        }
-    }
-}
-
-/// `Ledger::hold_seat_refusal` before a hold was applied.
-pub enum SeatRefusal {
-    NotChecked,
-    Checked(Option<Rejection>),
-}
-
-impl SeatRefusal {
-    /// The refusal is exactly the outcome when the seats refuse, and absent otherwise.
-    pub fn agrees(&self, outcome: &Outcome) {
-        let SeatRefusal::Checked(refusal) = self else {
-            return;
-        };
-        match outcome {
-            Outcome::Rejected(r) if matches!(r.code, Code::SeatUnavailable | Code::SoldOut) => {
-                assert_eq!(
-                    refusal.as_ref(),
-                    Some(r),
-                    "the seats' refusal read from the state"
-                )
-            }
-            other => assert_eq!(
-                refusal, &None,
-                "refused from the state, but applied: {other:?}"
-            ),
         }
     }
 }
