@@ -923,3 +923,111 @@ async fn buyers_sign_up_log_in_and_act_with_their_token_on_any_node() {
     assert_eq!(e.status(), Some(401), "{e}");
     t.converged(Duration::from_secs(10)).await.unwrap();
 }
+
+/// A small tmpfs mounted on a directory for as long as it lives (lazily unmounted on drop).
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+/// A follower whose Raft core stops by itself (its log's disk fills up, so an append fails:
+/// openraft stops on a storage error) exits with the reason instead of lingering as a node
+/// that answers but can never apply again; the other two go on. Needs root (a tmpfs of a few
+/// MiB under the node's log directory); skips with a reason without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_raft_core_stops_exits_with_the_reason() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs under a node's log directory");
+        return;
+    }
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let cat = catalog(&t, 5, 4).await.unwrap();
+    let leader = t.c().wait_leader(Duration::from_secs(10)).await.unwrap();
+    let victim = (1..=3).find(|&id| id != leader).unwrap();
+    t.c().signal(victim, "KILL").unwrap();
+    wait_until(Duration::from_secs(10), "the follower to die", || async {
+        t.c().pid(victim).is_none()
+    })
+    .await
+    .unwrap();
+    // The follower's log on a tmpfs just larger than it is.
+    let log = t.c().dir.join(victim.to_string()).join("log");
+    let aside = log.with_extension("aside");
+    std::fs::rename(&log, &aside).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    let used: u64 = std::fs::read_dir(&aside)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let size = used + (8 << 20);
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&log)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t tmpfs failed");
+    let _tmpfs = Tmpfs(log.clone());
+    for e in std::fs::read_dir(&aside).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), log.join(e.file_name())).unwrap();
+    }
+    t.c().start(victim).unwrap();
+    t.c()
+        .wait_healthy(victim, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Fill the tmpfs: the follower's next log appends fail.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(log.join("filler")).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..4096]).is_ok() {}
+    }
+    // Writes go on through the leader; each is appended on the follower too.
+    let b = &cat.buyers[0];
+    let mut n = 0;
+    let start = Instant::now();
+    while t.c().pid(victim).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node {victim} still runs {n} writes after its disk filled up"
+        );
+        let h = b
+            .hold(&seats_hold(&cat.performance, &["A:1:1"]))
+            .await
+            .unwrap();
+        b.release(&h.hold_id).await.unwrap();
+        n += 1;
+    }
+    let status = t.c().exit_status(victim).expect("the node exited");
+    assert!(!status.success(), "node {victim} exited with {status}");
+    let text =
+        std::fs::read_to_string(t.c().dir.join(victim.to_string()).join("ticketd.log")).unwrap();
+    assert!(
+        text.contains("the Raft core stopped"),
+        "node {victim}'s log does not say why it exited:\n{}",
+        &text[text.len().saturating_sub(3000)..]
+    );
+    // The two others go on.
+    let h = b
+        .hold(&seats_hold(&cat.performance, &["A:1:2"]))
+        .await
+        .unwrap();
+    b.release(&h.hold_id).await.unwrap();
+}

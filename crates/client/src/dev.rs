@@ -215,6 +215,12 @@ impl DevCluster {
         (ours && !is_zombie(pid)).then_some(pid)
     }
 
+    /// How node `id`'s process ended, if this process started it and it has exited.
+    pub fn exit_status(&self, id: u64) -> Option<std::process::ExitStatus> {
+        let pid = std::fs::read_to_string(pid_file(&self.dir, id)).ok()?;
+        exit_status(pid.trim().parse().ok()?)
+    }
+
     /// Start (or restart) one node's process on its data directory.
     pub fn start(&self, id: u64) -> anyhow::Result<i32> {
         let node = self.node(id)?;

@@ -185,8 +185,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let tick_task = tokio::spawn(app.clone().tick_loop(shutdown_rx.clone()));
     tokio::spawn(app.clone().proposer_loop());
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    // A Raft core that stopped by itself (a storage error, a panic inside openraft) leaves a
+    // process that still answers but can never vote, lead or apply again; as a leader it kept
+    // the cluster leaderless until restarted (jepsen/README.md, a follower's lost WAL tail).
+    // Exit instead, with the reason, so a supervisor restarts the node on its data and the
+    // others elect a leader at once.
+    let fatal = tokio::select! {
+        () = wait_for_signal() => None,
+        why = core_stopped(&app.raft) => Some(why),
+    };
+    match &fatal {
+        None => tracing::info!("shutting down"),
+        Some(why) => tracing::error!(
+            "the Raft core stopped ({why}): exiting so that a supervisor restarts this node"
+        ),
+    }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = http_task.await;
@@ -194,12 +207,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = tick_task.await;
     })
     .await;
+    if let Some(why) = fatal {
+        anyhow::bail!("the Raft core stopped: {why}");
+    }
     app.raft
         .shutdown()
         .await
         .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Returns once the Raft core has stopped without being asked to: its metrics report a fatal
+/// error, or their channel closed (the core's task ended, as on a panic).
+async fn core_stopped(raft: &raft_store::Raft) -> String {
+    use openraft::type_config::async_runtime::WatchReceiver as _;
+    let mut rx = raft.metrics();
+    loop {
+        if let Err(fatal) = &rx.borrow_watched().running_state {
+            return fatal.to_string();
+        }
+        if rx.changed().await.is_err() {
+            return "its task ended (a panic in openraft)".to_string();
+        }
+    }
 }
 
 async fn wait_for_signal() {
