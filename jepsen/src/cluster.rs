@@ -573,6 +573,19 @@ impl Cluster {
             .collect()
     }
 
+    /// Slots whose process exited by itself, with how: `kill` forgets the processes it kills,
+    /// so these are exits the harness did not ask for (ticketd exits when its Raft core
+    /// stops, or refuses to start on damaged data).
+    pub fn exited(&self) -> Vec<(usize, std::process::ExitStatus)> {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = children
+            .iter_mut()
+            .filter_map(|(s, c)| Some((*s, c.try_wait().ok().flatten()?)))
+            .collect();
+        out.sort_unstable_by_key(|(s, _)| *s);
+        out
+    }
+
     pub fn running(&self, slot: usize) -> bool {
         self.pid(slot).is_some()
     }

@@ -137,6 +137,21 @@ impl Nemesis {
                 serde_json::to_string(&band).unwrap_or_default()
             );
             self.bands.push(band);
+            self.restart_exited();
+        }
+    }
+
+    /// What a supervisor (compose's restart policy, the StatefulSet) does for a node that
+    /// exited by itself: start it again on its data. Between faults, so no fault's own stops
+    /// and starts are raced.
+    fn restart_exited(&mut self) {
+        for (slot, status) in self.cluster.exited() {
+            println!(
+                "  jepsen: node slot {slot} exited by itself ({status}); restarting it, as its supervisor would"
+            );
+            if let Err(e) = self.cluster.start(slot) {
+                println!("  jepsen: restarting node slot {slot} failed: {e:#}");
+            }
         }
     }
 
