@@ -11,7 +11,9 @@ async fn writes_past_the_admission_bound_get_503_and_change_nothing() {
     // One write in flight at a time: every other write arriving meanwhile is refused.
     let t = TestCluster::start(1, &["--max-inflight=1"]).await.unwrap();
     t.c().wait_leader(WAIT).await.unwrap();
-    let cat = catalog(&t, 1, 40).await.unwrap();
+    // 80 buyers sending 4 holds each: no buyer can pass the ledger's limit of 4 live holds
+    // per performance, so every answer is 201, 409 (floor full) or 503.
+    let cat = catalog(&t, 1, 80).await.unwrap();
     let url = t.c().http_urls()[0].clone();
     let http = reqwest::Client::new();
 
