@@ -38,6 +38,9 @@
 
 pub use api::grpc as pb;
 
+mod pipeline;
+pub use pipeline::{MAX_IN_FLIGHT as MAX_PIPELINE_IN_FLIGHT, NO_ANSWER, Pipeline};
+
 use crate::{Error, Result, new_idempotency_key};
 use pb::admin_client::AdminClient;
 use pb::ledger_client::LedgerClient;

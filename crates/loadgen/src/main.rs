@@ -104,7 +104,8 @@ struct RunArgs {
     tl_key: Option<String>,
     #[arg(long, value_enum, default_value = "leader")]
     tl_target: systems::ticketledger::Target,
-    /// How writes reach ticketledger: HTTP/1.1 JSON or gRPC (HTTP/2).
+    /// How writes reach ticketledger: HTTP/1.1 JSON, gRPC (HTTP/2), or gRPC with holds and
+    /// confirms pipelined on long-lived streams (grpc-pipeline).
     #[arg(long, value_enum, default_value = "http")]
     tl_protocol: systems::ticketledger::Protocol,
     /// gRPC connections per target node (requests are multiplexed over them).

@@ -15,27 +15,38 @@ pub mod pb {
     pub use api::grpc::*;
 }
 
+#[derive(Clone)]
 pub struct LedgerService {
     pub app: Arc<App>,
+    /// Shared with the interceptor and HTTP: a pipelined call takes its own tokens.
+    pub limiter: Arc<crate::ratelimit::Limiter>,
+}
+
+/// Calls of one `Pipeline` stream in flight on the node at once; past it the stream is not
+/// read until one is answered (HTTP/2 flow control then holds the sender back).
+pub const MAX_PIPELINE_IN_FLIGHT: usize = 256;
+
+/// The status code a failure has over gRPC, from its HTTP status.
+fn grpc_code(status: axum::http::StatusCode) -> tonic::Code {
+    use axum::http::StatusCode as S;
+    match status {
+        S::BAD_REQUEST | S::UNPROCESSABLE_ENTITY | S::PAYLOAD_TOO_LARGE => {
+            tonic::Code::InvalidArgument
+        }
+        S::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        S::FORBIDDEN => tonic::Code::PermissionDenied,
+        S::NOT_FOUND => tonic::Code::NotFound,
+        S::CONFLICT => tonic::Code::FailedPrecondition,
+        S::GONE => tonic::Code::FailedPrecondition,
+        S::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
+        S::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    }
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        use axum::http::StatusCode as S;
-        let code = match e.status {
-            S::BAD_REQUEST | S::UNPROCESSABLE_ENTITY | S::PAYLOAD_TOO_LARGE => {
-                tonic::Code::InvalidArgument
-            }
-            S::UNAUTHORIZED => tonic::Code::Unauthenticated,
-            S::FORBIDDEN => tonic::Code::PermissionDenied,
-            S::NOT_FOUND => tonic::Code::NotFound,
-            S::CONFLICT => tonic::Code::FailedPrecondition,
-            S::GONE => tonic::Code::FailedPrecondition,
-            S::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
-            S::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
-            _ => tonic::Code::Internal,
-        };
-        let mut s = Status::new(code, format!("{}: {}", e.code, e.detail));
+        let mut s = Status::new(grpc_code(e.status), format!("{}: {}", e.code, e.detail));
         if let Ok(v) = e.code.parse() {
             s.metadata_mut().insert(pb::CODE_METADATA, v);
         }
@@ -79,6 +90,61 @@ impl LedgerService {
         match self.app.write(p, key(request_id)?, op).await? {
             Outcome::Ok(r) => Ok(r),
             Outcome::Rejected(r) => Err(r.into()),
+        }
+    }
+
+    /// PlaceHold's work once the caller is known (unary and pipelined).
+    async fn place_hold_as(
+        &self,
+        p: Principal,
+        r: pb::PlaceHoldRequest,
+    ) -> std::result::Result<pb::Hold, ApiError> {
+        let body = api::CreateHold {
+            performance_id: r.performance_id,
+            seats: (!r.seats.is_empty()).then_some(r.seats),
+            section: non_empty(&r.section),
+            quantity: (r.quantity > 0).then(|| r.quantity.min(u32::from(u16::MAX)) as u16),
+            category: non_empty(&r.category),
+        };
+        let op = match self
+            .app
+            .read(Consistency::Stale, |l| hold_op(l, &body))
+            .await?
+        {
+            Err(e) if e.code == "not_found" => {
+                self.app
+                    .read(Consistency::Linearizable, |l| hold_op(l, &body))
+                    .await??
+            }
+            other => other?,
+        };
+        match self.write(p, &r.request_id, op).await? {
+            Reply::HoldPlaced(h) => self.hold(p, h.hold).await,
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// ConfirmHold's work once the caller is known (unary and pipelined).
+    async fn confirm_hold_as(
+        &self,
+        p: Principal,
+        r: pb::ConfirmHoldRequest,
+    ) -> std::result::Result<pb::Booking, ApiError> {
+        let hold: HoldId = parse_id(&r.hold_id, "hold")?;
+        match self
+            .write(
+                p,
+                &r.request_id,
+                Op::ConfirmHold {
+                    hold,
+                    payment_ref: r.payment_ref,
+                    code_seed: rand::random::<CodeSeed>(),
+                },
+            )
+            .await?
+        {
+            Reply::BookingConfirmed(b) => self.booking(p, b.booking, Consistency::Stale).await,
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
         }
     }
 
@@ -379,6 +445,112 @@ fn session_pb(app: &App, secret: &Digest32, user: UserId) -> pb::Session {
     }
 }
 
+type PipelineStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = std::result::Result<pb::PipelineAnswer, Status>> + Send>,
+>;
+
+/// A pipelined call's failure, as the unary call's status would carry it.
+fn call_error(e: ApiError) -> pb::CallError {
+    pb::CallError {
+        grpc_code: grpc_code(e.status) as i32,
+        code: e.code.to_string(),
+        message: format!("{}: {}", e.code, e.detail),
+        http_status: u32::from(e.status.as_u16()),
+        retry_after_secs: e.retry_after.unwrap_or(0),
+    }
+}
+
+impl LedgerService {
+    /// One `Pipeline` stream: read calls while fewer than [`MAX_PIPELINE_IN_FLIGHT`] are
+    /// pending, run them concurrently in this one task (no task per call), and send each
+    /// answer as it is decided. Ends when the caller has sent its last call and every call
+    /// is answered, or when the caller goes away (calls still pending are dropped, as
+    /// unary calls whose client hung up: their outcome is unknown to it).
+    async fn serve_pipeline(
+        self,
+        mut calls: tonic::Streaming<pb::PipelineCall>,
+        peer: Option<std::net::SocketAddr>,
+        stream_auth: Option<String>,
+        tx: tokio::sync::mpsc::Sender<std::result::Result<pb::PipelineAnswer, Status>>,
+    ) {
+        use futures::StreamExt;
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut reading = true;
+        loop {
+            if !reading && pending.is_empty() {
+                return;
+            }
+            tokio::select! {
+                call = calls.message(), if reading && pending.len() < MAX_PIPELINE_IN_FLIGHT => {
+                    match call {
+                        Ok(Some(call)) => pending.push(self.pipelined(call, peer, stream_auth.as_deref())),
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            // A malformed message or a broken stream: nothing more can be
+                            // read; answer what is pending, then end with the error.
+                            while let Some(answer) = pending.next().await {
+                                if tx.send(Ok(answer)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+                Some(answer) = pending.next(), if !pending.is_empty() => {
+                    if tx.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+                else => return,
+            }
+        }
+    }
+
+    /// One pipelined call, authenticated and rate-limited on its own.
+    async fn pipelined(
+        &self,
+        call: pb::PipelineCall,
+        peer: Option<std::net::SocketAddr>,
+        stream_auth: Option<&str>,
+    ) -> pb::PipelineAnswer {
+        use pb::pipeline_answer::Answer;
+        use pb::pipeline_call::Call;
+        let pb::PipelineCall {
+            id,
+            authorization,
+            call,
+        } = call;
+        let auth = match authorization.is_empty() {
+            true => stream_auth,
+            false => Some(authorization.as_str()),
+        };
+        let answer = async {
+            let Some(auth) = auth else {
+                return Err(ApiError::unauthenticated(
+                    "send authorization: Bearer <api key> in the call or the stream's metadata",
+                ));
+            };
+            self.limiter.check_call(peer, auth)?;
+            let p = crate::http::authenticate_value(&self.app, Some(auth)).await?;
+            match call {
+                Some(Call::PlaceHold(r)) => self.place_hold_as(p, r).await.map(Answer::Hold),
+                Some(Call::ConfirmHold(r)) => self.confirm_hold_as(p, r).await.map(Answer::Booking),
+                None => Err(ApiError::bad_request(
+                    "a pipelined call names place_hold or confirm_hold",
+                )),
+            }
+        }
+        .await;
+        pb::PipelineAnswer {
+            id,
+            answer: Some(answer.unwrap_or_else(|e| Answer::Error(call_error(e)))),
+        }
+    }
+}
+
 type FeedStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = std::result::Result<pb::FeedEvent, Status>> + Send>,
 >;
@@ -496,30 +668,29 @@ impl pb::ledger_server::Ledger for LedgerService {
 
     async fn place_hold(&self, req: Request<pb::PlaceHoldRequest>) -> Result<pb::Hold> {
         let p = self.principal(&req).await?;
-        let r = req.into_inner();
-        let body = api::CreateHold {
-            performance_id: r.performance_id,
-            seats: (!r.seats.is_empty()).then_some(r.seats),
-            section: non_empty(&r.section),
-            quantity: (r.quantity > 0).then(|| r.quantity.min(u32::from(u16::MAX)) as u16),
-            category: non_empty(&r.category),
-        };
-        let op = match self
-            .app
-            .read(Consistency::Stale, |l| hold_op(l, &body))
-            .await?
-        {
-            Err(e) if e.code == "not_found" => {
-                self.app
-                    .read(Consistency::Linearizable, |l| hold_op(l, &body))
-                    .await??
-            }
-            other => other?,
-        };
-        match self.write(p, &r.request_id, op).await? {
-            Reply::HoldPlaced(h) => Ok(Response::new(self.hold(p, h.hold).await?)),
-            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
-        }
+        Ok(Response::new(
+            self.place_hold_as(p, req.into_inner()).await?,
+        ))
+    }
+
+    type PipelineStream = PipelineStream;
+
+    async fn pipeline(
+        &self,
+        req: Request<tonic::Streaming<pb::PipelineCall>>,
+    ) -> Result<PipelineStream> {
+        let peer = req.remote_addr();
+        let stream_auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let calls = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_PIPELINE_IN_FLIGHT);
+        tokio::spawn(self.clone().serve_pipeline(calls, peer, stream_auth, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn get_hold(&self, req: Request<pb::HoldRef>) -> Result<pb::Hold> {
@@ -556,25 +727,9 @@ impl pb::ledger_server::Ledger for LedgerService {
 
     async fn confirm_hold(&self, req: Request<pb::ConfirmHoldRequest>) -> Result<pb::Booking> {
         let p = self.principal(&req).await?;
-        let r = req.into_inner();
-        let hold: HoldId = parse_id(&r.hold_id, "hold")?;
-        match self
-            .write(
-                p,
-                &r.request_id,
-                Op::ConfirmHold {
-                    hold,
-                    payment_ref: r.payment_ref,
-                    code_seed: rand::random::<CodeSeed>(),
-                },
-            )
-            .await?
-        {
-            Reply::BookingConfirmed(b) => Ok(Response::new(
-                self.booking(p, b.booking, Consistency::Stale).await?,
-            )),
-            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
-        }
+        Ok(Response::new(
+            self.confirm_hold_as(p, req.into_inner()).await?,
+        ))
     }
 
     async fn get_booking(&self, req: Request<pb::BookingRef>) -> Result<pb::Booking> {

@@ -160,9 +160,12 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthenticated("send Authorization: Bearer <api key>"))?;
+    authenticate_value(app, value.to_str().ok()).await
+}
+
+/// An `Authorization` value (`None`: not text) as a principal: an API key or a login token.
+pub async fn authenticate_value(app: &App, value: Option<&str>) -> Result<Principal> {
     let token = value
-        .to_str()
-        .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 256)

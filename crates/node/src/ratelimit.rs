@@ -147,12 +147,12 @@ impl Limiter {
 
     /// The principal a bearer credential names, from this node's applied state only.
     fn principal_of(&self, headers: &HeaderMap) -> Option<Principal> {
-        let bearer = headers
-            .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?
-            .trim();
+        self.principal_of_value(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+    }
+
+    /// [`Self::principal_of`] for an `Authorization` value.
+    fn principal_of_value(&self, value: &str) -> Option<Principal> {
+        let bearer = value.strip_prefix("Bearer ")?.trim();
         if bearer.is_empty() || bearer.len() > 256 {
             return None;
         }
@@ -231,6 +231,34 @@ impl Limiter {
             && let Some(p) = self.principal_of(headers)
         {
             buckets.take(&p, now).map_err(|wait| ("principal", wait))?;
+        }
+        Ok(())
+    }
+}
+
+impl Limiter {
+    /// One call of a pipelined stream (`Ledger.Pipeline`), which the interceptor saw only
+    /// once: its address's bucket and its credential's, as a unary call would take them.
+    pub fn check_call(
+        &self,
+        peer: Option<SocketAddr>,
+        authorization: &str,
+    ) -> Result<(), ApiError> {
+        if self.is_off() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if let (Some(buckets), Some(peer)) = (&self.addresses, peer) {
+            buckets
+                .take(&address_key(peer.ip()), now)
+                .map_err(|wait| rate_limited_error("client address", wait))?;
+        }
+        if let Some(buckets) = &self.principals
+            && let Some(p) = self.principal_of_value(authorization)
+        {
+            buckets
+                .take(&p, now)
+                .map_err(|wait| rate_limited_error("principal", wait))?;
         }
         Ok(())
     }

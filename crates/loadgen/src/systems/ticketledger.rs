@@ -36,6 +36,10 @@ pub enum Protocol {
     /// target. Linearizable reads (the `read` workload) still go over HTTP: the gRPC GetHold
     /// reads this node's applied state without a read index.
     Grpc,
+    /// gRPC, holds and confirms pipelined (`Ledger.Pipeline`, client::grpc::Pipeline): one
+    /// long-lived stream per connection carries every client's calls, each with its buyer's
+    /// credential. Joins go unary, reads over HTTP, as with `grpc`.
+    GrpcPipeline,
 }
 
 pub struct Options {
@@ -62,6 +66,8 @@ pub struct Ticketledger {
     /// gRPC: connections round-robin, and each buyer's `authorization` value (parsed once).
     grpc: Vec<Grpc>,
     grpc_buyers: Vec<Auth>,
+    /// GrpcPipeline: one stream per connection, round-robin.
+    pipelines: Vec<client::grpc::Pipeline>,
     grpc_service: Option<Auth>,
     service: String,
     admin: String,
@@ -112,9 +118,18 @@ impl Ticketledger {
             Target::Leader => vec![format!("http://{}", chosen[0].http_addr)],
         };
         let mut grpc = Vec::new();
-        if o.protocol == Protocol::Grpc {
+        let mut pipelines = Vec::new();
+        if o.protocol != Protocol::Http {
             for n in &chosen {
                 for _ in 0..o.grpc_connections.max(1) {
+                    if o.protocol == Protocol::GrpcPipeline {
+                        pipelines.push(
+                            client::grpc::GrpcClient::try_new([n.grpc_addr.clone()])
+                                .map_err(anyhow::Error::msg)?
+                                .with_deadline(timeout)
+                                .pipeline(),
+                        );
+                    }
                     let ch = Endpoint::from_shared(format!("http://{}", n.grpc_addr))
                         .with_context(|| format!("bad gRPC address {}", n.grpc_addr))?
                         .timeout(timeout)
@@ -192,12 +207,17 @@ impl Ticketledger {
                 "gRPC (HTTP/2, {} connections per target; reads over HTTP), one attempt per request, no request_id",
                 o.grpc_connections.max(1)
             ),
+            Protocol::GrpcPipeline => format!(
+                "gRPC, holds and confirms pipelined (Ledger.Pipeline: one stream on each of {} connections per target, each call with its buyer's key); joins unary, reads over HTTP; one attempt per request, no request_id",
+                o.grpc_connections.max(1)
+            ),
         };
         Ok(Ticketledger {
             leader,
             http,
             grpc,
             grpc_buyers,
+            pipelines,
             grpc_service,
             next: AtomicUsize::new(0),
             layout: plan.layout,
@@ -325,6 +345,17 @@ impl Ticketledger {
             Op::Hold { perf, buyer, seats } => self.hold_grpc(perf, buyer, &seats).await.0,
             Op::HoldConfirm { perf, buyer, seats } => {
                 match self.hold_grpc(perf, buyer, &seats).await {
+                    (Outcome::Ok, Some(hold_id)) if !self.pipelines.is_empty() => {
+                        let req = api::grpc::ConfirmHoldRequest {
+                            payment_ref: format!("lg-{hold_id}"),
+                            hold_id,
+                            request_id: String::new(),
+                        };
+                        match self.pipeline().confirm_hold(&self.service, req).await {
+                            Ok(_) => Outcome::Ok,
+                            Err(e) => self.failed_call(&e),
+                        }
+                    }
                     (Outcome::Ok, Some(hold_id)) => {
                         let mut req = tonic::Request::new(api::grpc::ConfirmHoldRequest {
                             payment_ref: format!("lg-{hold_id}"),
@@ -358,8 +389,36 @@ impl Ticketledger {
         }
     }
 
+    fn pipeline(&self) -> &client::grpc::Pipeline {
+        let i = self.next.fetch_add(1, Relaxed) % self.pipelines.len();
+        &self.pipelines[i]
+    }
+
+    /// A pipelined call's failure as a benchmark outcome, as [`classify_grpc`] does a
+    /// unary one's.
+    fn failed_call(&self, e: &client::Error) -> Outcome {
+        match e {
+            client::Error::Api { problem } => match (problem.status, problem.code.as_str()) {
+                (409, "seat_unavailable" | "sold_out") => Outcome::Conflict,
+                (409, _) => Outcome::ClientError,
+                (status, _) => classify_status(status),
+            },
+            client::Error::Unavailable { last, .. } if last == client::grpc::NO_ANSWER => {
+                Outcome::Timeout
+            }
+            other => {
+                let text = other.to_string();
+                let mut f = self.failures.lock().expect("failures lock");
+                if f.len() < FAILURES_KEPT && !f.contains(&text) {
+                    f.push(text);
+                }
+                Outcome::Transport
+            }
+        }
+    }
+
     async fn hold_grpc(&self, perf: u32, buyer: u32, seats: &Seats) -> (Outcome, Option<String>) {
-        let mut req = tonic::Request::new(api::grpc::PlaceHoldRequest {
+        let hold = api::grpc::PlaceHoldRequest {
             performance_id: self.performances[perf as usize].clone(),
             seats: seats
                 .as_slice()
@@ -367,7 +426,18 @@ impl Ticketledger {
                 .map(|&s| self.layout.seat_name(s))
                 .collect(),
             ..Default::default()
-        });
+        };
+        if !self.pipelines.is_empty() {
+            return match self
+                .pipeline()
+                .place_hold(&self.buyers[buyer as usize], hold)
+                .await
+            {
+                Ok(h) => (Outcome::Ok, Some(h.hold_id)),
+                Err(e) => (self.failed_call(&e), None),
+            };
+        }
+        let mut req = tonic::Request::new(hold);
         req.metadata_mut()
             .insert("authorization", self.grpc_buyers[buyer as usize].clone());
         match self.grpc_client().place_hold(req).await {
