@@ -12,8 +12,10 @@
 #   SYSTEMS="ticketledger redis" scripts/bench-peers.sh   # a subset
 #
 # Knobs (environment): WORKLOADS, SYSTEMS, DURATION, WARMUP (seconds), TL_CLIENTS,
-# ETCD_CLIENTS, PG_CLIENTS, REDIS_CLIENTS, TL_PROTOCOL (grpc, the default, like the etcd
-# driver; or http), LAYOUT (extra loadgen flags), OUT (results dir), BIN_DIR (use these
+# ETCD_CLIENTS, PG_CLIENTS, REDIS_CLIENTS, TL_PROTOCOL (grpc-pipeline, the default: holds
+# and confirms of all clients as messages on a few long-lived Ledger.Pipeline streams, as
+# the Redis driver multiplexes its clients on its connections; grpc: one unary call each,
+# as the etcd driver sends them; or http), LAYOUT (extra loadgen flags), OUT (results dir), BIN_DIR (use these
 # binaries instead of building). Every run also reports CPU per completed request of the
 # loadgen and of the servers it can watch (each ticketd, each etcd member, redis-server;
 # PostgreSQL's per-connection backends are not watched).
@@ -29,7 +31,7 @@ TL_CLIENTS=${TL_CLIENTS:-256}
 ETCD_CLIENTS=${ETCD_CLIENTS:-256}
 PG_CLIENTS=${PG_CLIENTS:-64}
 REDIS_CLIENTS=${REDIS_CLIENTS:-64}
-TL_PROTOCOL=${TL_PROTOCOL:-grpc}
+TL_PROTOCOL=${TL_PROTOCOL:-grpc-pipeline}
 LAYOUT=${LAYOUT:-}
 OUT=${OUT:-bench/results}
 

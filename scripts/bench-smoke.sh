@@ -25,6 +25,13 @@ for w in hold hold-confirm queue read mix; do
         --clients 4 --duration-secs 1 --warmup-secs 0 --performances 2 --sections 1 --rows 10 \
         --seats-per-row 10 --buyers 20 --rooms 2 --read-slots 10 --min-completed 1 --json "$lg/$w.json" --svg "$lg/$w.svg"
 done
+# The pipelined gRPC calls (Ledger.Pipeline) for the workloads that use them.
+mkdir -p "$lg/pipeline"
+for w in hold hold-confirm; do
+    "$bin/loadgen" run --system ticketledger --cluster-dir "$lg/tl" --workload "$w" --tl-protocol grpc-pipeline \
+        --clients 4 --duration-secs 1 --warmup-secs 0 --performances 2 --sections 1 --rows 10 \
+        --seats-per-row 10 --buyers 20 --min-completed 1 --json "$lg/pipeline/$w.json"
+done
 "$bin/loadgen" compare "$lg"/*.json --json "$lg/peers.json" --svg "$lg/peers.svg" >/dev/null
 test -s "$lg/peers.json" && test -s "$lg/peers.svg"
 echo "==> overload harness: open loop at 2x a 1-second closed-loop rate, over gRPC (no timing asserted)"

@@ -165,3 +165,49 @@ async fn every_pipelined_call_takes_its_own_rate_limit_token() {
     // pass, though the stream was opened once.
     assert!(limited >= 5, "{limited} of 10 calls limited");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipeline_whose_node_dies_goes_on_at_the_next_node() {
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let leader = t.c().wait_leader(WAIT).await.unwrap();
+    let cat = catalog(&t, 1, 1).await.unwrap();
+    // Start at the leader: the stream's node, then killed.
+    let index = t.c().nodes.iter().position(|n| n.id == leader).unwrap();
+    let pipe = GrpcClient::new(grpc_addrs(&t))
+        .with_home_node(index)
+        .with_deadline(Duration::from_secs(5))
+        .pipeline();
+    let auth = bearer(&cat.buyers[0]);
+    pipe.place_hold(&auth, one_seat(&cat.performance, "A:1:1"))
+        .await
+        .unwrap();
+    t.c().signal(leader, "KILL").unwrap();
+    // One attempt per call: calls fail while the stream breaks and a new leader is elected,
+    // then go through on a stream to another node (the keyed retry is applied once).
+    let start = std::time::Instant::now();
+    let mut failed = 0;
+    let hold = loop {
+        let mut req = one_seat(&cat.performance, "A:1:2");
+        req.request_id = "after-the-kill".into();
+        match pipe.place_hold(&auth, req).await {
+            Ok(h) => break h,
+            Err(e) => {
+                failed += 1;
+                assert!(
+                    start.elapsed() < WAIT,
+                    "no call went through within {WAIT:?} ({failed} failed); last: {e}"
+                );
+                assert!(
+                    matches!(e, client::Error::Unavailable { .. }) || e.status() == Some(503),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(hold.seats, vec!["A:1:2".to_string()]);
+    eprintln!(
+        "the pipeline went on after {:?} and {failed} failed calls",
+        start.elapsed()
+    );
+}

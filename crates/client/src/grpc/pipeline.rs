@@ -6,14 +6,15 @@
 //! Unlike [`GrpcClient`]'s calls, a pipelined call is one attempt: its error is the node's
 //! answer ([`Error::Api`], 503 `overloaded` included) or [`Error::Unavailable`] when the
 //! stream broke or the deadline passed before the answer came (the outcome is unknown:
-//! retry with the same `request_id`). The next call after a broken stream opens a new one.
+//! retry with the same `request_id`). The next call after a broken stream opens a new one,
+//! to the client's next node.
 
 use super::{GrpcClient, pb};
 use crate::{Error, Result};
 use pb::pipeline_answer::Answer;
 use pb::pipeline_call::Call;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Calls of one stream unanswered at once: the node's own bound
@@ -34,13 +35,18 @@ pub struct Pipeline {
 }
 
 impl GrpcClient {
-    /// A pipelined stream to the node this client would call first, authenticated with this
-    /// client's key unless a call names its own credential.
+    /// A pipelined stream to the node this client would call first (then, each time a
+    /// stream breaks, to the next of its nodes), authenticated with this client's key
+    /// unless a call names its own credential.
     pub fn pipeline(&self) -> Pipeline {
         let node = self.preferred.load(std::sync::atomic::Ordering::Relaxed) % self.nodes.len();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-        let client = super::ledger_client(self.nodes[node].1.clone());
-        tokio::spawn(drive(client, self.key.clone(), rx));
+        let clients = self
+            .nodes
+            .iter()
+            .map(|(_, ch)| super::ledger_client(ch.clone()))
+            .collect();
+        tokio::spawn(drive(clients, node, self.key.clone(), self.deadline, rx));
         Pipeline {
             calls: tx,
             deadline: self.deadline,
@@ -119,15 +125,25 @@ fn problem(e: pb::CallError) -> api::Problem {
 }
 
 /// The driver: opens a stream at the first call, numbers the calls, matches answers to
-/// them; when the stream breaks, fails what it had pending and opens another at the next
-/// call. Returns when every handle is gone and nothing is pending.
+/// them; when the stream breaks (or cannot be opened), fails what it had pending and opens
+/// one to the next node at the next call. A stream on which a call waited twice the
+/// deadline is taken as stuck (a node that stopped answering while its connection stays
+/// up) and left the same way. Returns when every handle is gone and nothing is pending.
 async fn drive(
-    mut client: pb::ledger_client::LedgerClient<tonic::transport::Channel>,
+    mut clients: Vec<pb::ledger_client::LedgerClient<tonic::transport::Channel>>,
+    mut node: usize,
     key: Option<String>,
+    deadline: Duration,
     mut calls: mpsc::Receiver<(Call, String, Reply)>,
 ) {
+    let stuck_after = deadline.saturating_mul(2).max(Duration::from_millis(100));
     let mut next_id = 0u64;
+    let mut first_stream = true;
     'streams: loop {
+        if !first_stream {
+            node = (node + 1) % clients.len();
+        }
+        first_stream = false;
         let Some(first) = calls.recv().await else {
             return;
         };
@@ -138,9 +154,9 @@ async fn drive(
         {
             req.metadata_mut().insert("authorization", v);
         }
-        let mut pending: HashMap<u64, Reply> = HashMap::new();
+        let mut pending: HashMap<u64, (Reply, Instant)> = HashMap::new();
         let mut send = |(call, authorization, reply): (Call, String, Reply),
-                        pending: &mut HashMap<u64, Reply>| {
+                        pending: &mut HashMap<u64, (Reply, Instant)>| {
             next_id += 1;
             // Never blocks: at most MAX_IN_FLIGHT are pending, the channel holds as many.
             let sent = out.try_send(pb::PipelineCall {
@@ -150,7 +166,7 @@ async fn drive(
             });
             match sent {
                 Ok(()) => {
-                    pending.insert(next_id, reply);
+                    pending.insert(next_id, (reply, Instant::now()));
                 }
                 Err(_) => {
                     let _ = reply.send(Err("the pipelined stream is closed".into()));
@@ -158,17 +174,19 @@ async fn drive(
             }
         };
         send(first, &mut pending);
-        let mut answers = match client.pipeline(req).await {
+        let mut answers = match clients[node].pipeline(req).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
                 let why = format!("opening the pipeline: {:?}: {}", s.code(), s.message());
-                for (_, r) in pending.drain() {
+                for (_, (r, _)) in pending.drain() {
                     let _ = r.send(Err(why.clone()));
                 }
                 continue 'streams;
             }
         };
         let mut open = true;
+        let mut watchdog = tokio::time::interval(stuck_after / 2);
+        watchdog.tick().await;
         let why = loop {
             if !open && pending.is_empty() {
                 return;
@@ -181,16 +199,21 @@ async fn drive(
                 },
                 answer = answers.message() => match answer {
                     Ok(Some(a)) => {
-                        if let (Some(r), Some(answer)) = (pending.remove(&a.id), a.answer) {
+                        if let (Some((r, _)), Some(answer)) = (pending.remove(&a.id), a.answer) {
                             let _ = r.send(Ok(answer));
                         }
                     }
                     Ok(None) => break "the node ended the pipelined stream".to_string(),
                     Err(s) => break format!("{:?}: {}", s.code(), s.message()),
                 },
+                _ = watchdog.tick() => {
+                    if pending.values().any(|(_, at)| at.elapsed() > stuck_after) {
+                        break format!("no answer on the pipelined stream for {stuck_after:?}: replaced");
+                    }
+                }
             }
         };
-        for (_, r) in pending.drain() {
+        for (_, (r, _)) in pending.drain() {
             let _ = r.send(Err(why.clone()));
         }
         if !open {
