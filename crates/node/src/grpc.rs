@@ -17,14 +17,33 @@ pub mod pb {
 
 #[derive(Clone)]
 pub struct LedgerService {
-    pub app: Arc<App>,
+    app: Arc<App>,
     /// Shared with the interceptor and HTTP: a pipelined call takes its own tokens.
-    pub limiter: Arc<crate::ratelimit::Limiter>,
+    limiter: Arc<crate::ratelimit::Limiter>,
+    /// Pipelined calls in flight on this node, over all streams ([`MAX_PIPELINED_CALLS`]).
+    pipelined: Arc<tokio::sync::Semaphore>,
 }
 
-/// Calls of one `Pipeline` stream in flight on the node at once; past it the stream is not
-/// read until one is answered (HTTP/2 flow control then holds the sender back).
-pub const MAX_PIPELINE_IN_FLIGHT: usize = 256;
+/// Calls of one `Pipeline` stream in flight on the node at once; a call past it is answered
+/// at once with 503 `overloaded`, as a unary write past `--max-inflight` is.
+pub const MAX_PIPELINE_IN_FLIGHT: usize = 1024;
+/// Pipelined calls in flight on one node over all its streams, the bound on the memory they
+/// hold (each stream's answers wait in a channel of [`PIPELINE_ANSWERS_BUFFERED`]); past
+/// it, 503 `overloaded` too.
+pub const MAX_PIPELINED_CALLS: usize = 4096;
+/// Answers of one stream decided but not yet taken by HTTP/2; when full (a caller that
+/// does not read), the stream is not read either, and flow control holds the caller back.
+const PIPELINE_ANSWERS_BUFFERED: usize = 256;
+
+impl LedgerService {
+    pub fn new(app: Arc<App>, limiter: Arc<crate::ratelimit::Limiter>) -> LedgerService {
+        LedgerService {
+            app,
+            limiter,
+            pipelined: Arc::new(tokio::sync::Semaphore::new(MAX_PIPELINED_CALLS)),
+        }
+    }
+}
 
 /// The status code a failure has over gRPC, from its HTTP status.
 fn grpc_code(status: axum::http::StatusCode) -> tonic::Code {
@@ -461,11 +480,12 @@ fn call_error(e: ApiError) -> pb::CallError {
 }
 
 impl LedgerService {
-    /// One `Pipeline` stream: read calls while fewer than [`MAX_PIPELINE_IN_FLIGHT`] are
-    /// pending, run them concurrently in this one task (no task per call), and send each
-    /// answer as it is decided. Ends when the caller has sent its last call and every call
-    /// is answered, or when the caller goes away (calls still pending are dropped, as
-    /// unary calls whose client hung up: their outcome is unknown to it).
+    /// One `Pipeline` stream: read calls, run them concurrently in this one task (no task
+    /// per call), and send each answer as it is decided; a call past the stream's or the
+    /// node's bound is refused at once (503 `overloaded`, nothing applied). Ends when the
+    /// caller has sent its last call and every call is answered, or when the caller goes
+    /// away (calls still pending are dropped, as unary calls whose client hung up: their
+    /// outcome is unknown to it).
     async fn serve_pipeline(
         self,
         mut calls: tonic::Streaming<pb::PipelineCall>,
@@ -481,9 +501,30 @@ impl LedgerService {
                 return;
             }
             tokio::select! {
-                call = calls.message(), if reading && pending.len() < MAX_PIPELINE_IN_FLIGHT => {
+                call = calls.message(), if reading => {
                     match call {
-                        Ok(Some(call)) => pending.push(self.pipelined(call, peer, stream_auth.as_deref())),
+                        Ok(Some(call)) => {
+                            let permit = match pending.len() < MAX_PIPELINE_IN_FLIGHT {
+                                true => self.pipelined.clone().try_acquire_owned().ok(),
+                                false => None,
+                            };
+                            match permit {
+                                Some(permit) => pending.push(self.pipelined(call, peer, stream_auth.as_deref(), permit)),
+                                None => {
+                                    self.app.metrics.proposals_rejected_overload.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let answer = pb::PipelineAnswer {
+                                        id: call.id,
+                                        answer: Some(pb::pipeline_answer::Answer::Error(call_error(ApiError::unavailable(
+                                            "overloaded",
+                                            "too many pipelined calls in flight on this node; retry shortly",
+                                        )))),
+                                    };
+                                    if tx.send(Ok(answer)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
                         Ok(None) => reading = false,
                         Err(status) => {
                             // A malformed message or a broken stream: nothing more can be
@@ -515,6 +556,7 @@ impl LedgerService {
         call: pb::PipelineCall,
         peer: Option<std::net::SocketAddr>,
         stream_auth: Option<&str>,
+        _slot: tokio::sync::OwnedSemaphorePermit,
     ) -> pb::PipelineAnswer {
         use pb::pipeline_answer::Answer;
         use pb::pipeline_call::Call;
@@ -686,7 +728,7 @@ impl pb::ledger_server::Ledger for LedgerService {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let calls = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(MAX_PIPELINE_IN_FLIGHT);
+        let (tx, rx) = tokio::sync::mpsc::channel(PIPELINE_ANSWERS_BUFFERED);
         tokio::spawn(self.clone().serve_pipeline(calls, peer, stream_auth, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

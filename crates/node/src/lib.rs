@@ -137,10 +137,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(grpc::pb::ledger_server::LedgerServer::with_interceptor(
-                grpc::LedgerService {
-                    app: app.clone(),
-                    limiter: limiter.clone(),
-                },
+                grpc::LedgerService::new(app.clone(), limiter.clone()),
                 ratelimit::grpc_interceptor(limiter.clone()),
             ))
             .add_service(tonic::service::interceptor::InterceptedService::new(

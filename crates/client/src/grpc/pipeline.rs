@@ -17,9 +17,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Calls of one stream unanswered at once: the node's own bound
-/// (`MAX_PIPELINE_IN_FLIGHT` in crates/node/src/grpc.rs). Callers past it wait.
-pub const MAX_IN_FLIGHT: usize = 256;
+/// Calls of one stream unanswered at once: the node's own bound per stream
+/// (`MAX_PIPELINE_IN_FLIGHT` in crates/node/src/grpc.rs, past which it answers 503
+/// `overloaded`). Callers past it wait, within their deadline.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// The `last` of the [`Error::Unavailable`] of a call not answered within the deadline.
 pub const NO_ANSWER: &str = "no answer within the deadline";
