@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The jepsen/ smoke (CI): a 3-node cluster in network namespaces under kill, pause and
-# partition faults for ~40 s of workload, checked; about a minute in all once built.
+# partition faults for ~40 s of workload, checked, then 30 s more with the holds and confirms
+# over the gRPC Pipeline (--pipeline); about two minutes in all once built.
 # Without root there are no namespaces: it runs on loopback with kill and pause only.
 #
 #   scripts/jepsen-smoke.sh                 # the correct build must be found valid
@@ -29,6 +30,9 @@ fi
 echo "==> jepsen run: 3 nodes, $SECONDS_RUN s, nemeses $NEMESIS, seed $SEED, into $OUT"
 "$JEPSEN" run --nodes 3 --time-limit "$SECONDS_RUN" --nemesis "$NEMESIS" --seed "$SEED" \
     --ticketd "$CARGO_TARGET_DIR/debug/ticketd" --out "$OUT/correct" --expect valid "${NET[@]}"
+echo "==> jepsen run: the same over the gRPC Pipeline (holds and confirms pipelined), 30 s"
+"$JEPSEN" run --nodes 3 --time-limit 30 --nemesis "$NEMESIS" --seed "$((SEED + 1))" --pipeline \
+    --ticketd "$CARGO_TARGET_DIR/debug/ticketd" --out "$OUT/pipeline" --expect valid "${NET[@]}"
 
 if [ "${JEPSEN_CANARIES:-0}" = 1 ]; then
     scripts/jepsen-long.sh --canaries-only --seed "$SEED" --out "$OUT"

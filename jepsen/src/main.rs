@@ -98,6 +98,12 @@ struct RunArgs {
     /// idempotent across retries (a finding of this harness).
     #[arg(long)]
     refund_ref_from_node: bool,
+    /// Seat holds, GA holds and confirms over the gRPC `Ledger.Pipeline` (one attempt per
+    /// call, each process's stream moving to the next node when it breaks) instead of HTTP
+    /// with the client's retries.
+    #[arg(long)]
+    #[serde(default)]
+    pipeline: bool,
     /// Keep the nodes' data directories (they are kept anyway when the run is invalid).
     #[arg(long)]
     keep_data: bool,
@@ -373,6 +379,7 @@ async fn run(
             &cat,
             rec.clone(),
             args.refund_ref_from_node,
+            args.pipeline,
         );
         procs.push(tokio::spawn(proc_.run(stop.clone())));
     }

@@ -142,6 +142,9 @@ pub struct Process {
     have: Have,
     bookings: Vec<(String, Option<String>)>,
     refund_ref_from_node: bool,
+    /// `--pipeline`: holds and confirms on this stream, with these credentials (buyer,
+    /// service) per call.
+    pipe: Option<(client::grpc::Pipeline, String, String)>,
 }
 
 impl Process {
@@ -152,6 +155,7 @@ impl Process {
         cat: &Catalog,
         rec: Arc<Recorder>,
         refund_ref_from_node: bool,
+        pipeline: bool,
     ) -> Process {
         let urls: Vec<String> = cluster.slots().iter().map(|s| s.http.clone()).collect();
         let mk = |key: &str, urls: Vec<String>| {
@@ -181,7 +185,39 @@ impl Process {
             have: Have::Nothing,
             bookings: Vec::new(),
             refund_ref_from_node,
+            pipe: pipeline.then(|| {
+                let slots = cluster.slots();
+                let p = client::grpc::GrpcClient::new(slots.iter().map(|s| s.grpc.clone()))
+                    .with_deadline(CALL_DEADLINE)
+                    .with_home_node(id as usize)
+                    .pipeline();
+                (
+                    p,
+                    format!("Bearer {key}"),
+                    format!("Bearer {}", cat.service_key),
+                )
+            }),
         }
+    }
+
+    /// A hold over the pipeline: the same request and answer as over HTTP.
+    async fn pipelined_hold(&self, body: api::CreateHold, key: &str) -> Option<Completion> {
+        let (pipe, buyer, _) = self.pipe.as_ref()?;
+        let req = client::grpc::pb::PlaceHoldRequest {
+            performance_id: body.performance_id,
+            seats: body.seats.unwrap_or_default(),
+            section: body.section.unwrap_or_default(),
+            quantity: body.quantity.map_or(0, u32::from),
+            category: String::new(),
+            request_id: key.to_string(),
+        };
+        Some(outcome(pipe.place_hold(buyer, req).await, |h| {
+            Value::Hold {
+                hold_id: h.hold_id,
+                expires_at_ms: h.expires_at_ms,
+                quantity: h.quantity,
+            }
+        }))
     }
 
     /// Run until `stop`; every operation is recorded.
@@ -313,6 +349,9 @@ impl Process {
                     quantity: None,
                     category: None,
                 };
+                if let Some(done) = self.pipelined_hold(body.clone(), key).await {
+                    return done;
+                }
                 hold_value(
                     self.buyer
                         .send_keyed(Method::POST, "/v1/holds", Some(&body), Some(key.clone()))
@@ -327,6 +366,9 @@ impl Process {
                     quantity: Some(*quantity),
                     category: None,
                 };
+                if let Some(done) = self.pipelined_hold(body.clone(), key).await {
+                    return done;
+                }
                 hold_value(
                     self.buyer
                         .send_keyed(Method::POST, "/v1/holds", Some(&body), Some(key.clone()))
@@ -349,6 +391,16 @@ impl Process {
                 let body = api::ConfirmHold {
                     payment_ref: format!("pay-{key}"),
                 };
+                if let Some((pipe, _, service)) = &self.pipe {
+                    let req = client::grpc::pb::ConfirmHoldRequest {
+                        hold_id: hold.clone(),
+                        payment_ref: body.payment_ref,
+                        request_id: key.clone(),
+                    };
+                    return outcome(pipe.confirm_hold(service, req).await, |b| Value::Booking {
+                        booking_id: b.booking_id,
+                    });
+                }
                 let r = self
                     .service
                     .send_keyed::<_, api::Booking>(

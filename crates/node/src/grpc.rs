@@ -479,6 +479,18 @@ fn call_error(e: ApiError) -> pb::CallError {
     }
 }
 
+/// The answer to a pipelined call past the bounds: nothing done, retry shortly.
+fn overloaded(id: u64) -> pb::PipelineAnswer {
+    let e = ApiError::unavailable(
+        "overloaded",
+        "too many pipelined calls in flight on this node; retry shortly",
+    );
+    pb::PipelineAnswer {
+        id,
+        answer: Some(pb::pipeline_answer::Answer::Error(call_error(e))),
+    }
+}
+
 impl LedgerService {
     /// One `Pipeline` stream: read calls, run them concurrently in this one task (no task
     /// per call), and send each answer as it is decided; a call past the stream's or the
@@ -503,28 +515,17 @@ impl LedgerService {
             tokio::select! {
                 call = calls.message(), if reading => {
                     match call {
-                        Ok(Some(call)) => {
-                            let permit = match pending.len() < MAX_PIPELINE_IN_FLIGHT {
-                                true => self.pipelined.clone().try_acquire_owned().ok(),
-                                false => None,
-                            };
-                            match permit {
-                                Some(permit) => pending.push(self.pipelined(call, peer, stream_auth.as_deref(), permit)),
-                                None => {
-                                    self.app.metrics.proposals_rejected_overload.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    let answer = pb::PipelineAnswer {
-                                        id: call.id,
-                                        answer: Some(pb::pipeline_answer::Answer::Error(call_error(ApiError::unavailable(
-                                            "overloaded",
-                                            "too many pipelined calls in flight on this node; retry shortly",
-                                        )))),
-                                    };
-                                    if tx.send(Ok(answer)).await.is_err() {
-                                        return;
-                                    }
+                        Ok(Some(call)) => match self.pipeline_slot(pending.len()) {
+                            Some(slot) => {
+                                let auth = stream_auth.as_deref();
+                                pending.push(self.pipelined(call, peer, auth, slot));
+                            }
+                            None => {
+                                if tx.send(Ok(overloaded(call.id))).await.is_err() {
+                                    return;
                                 }
                             }
-                        }
+                        },
                         Ok(None) => reading = false,
                         Err(status) => {
                             // A malformed message or a broken stream: nothing more can be
@@ -548,6 +549,22 @@ impl LedgerService {
                 else => return,
             }
         }
+    }
+
+    /// Room for one more call on a stream with `pending` calls in flight, within the
+    /// stream's bound and the node's; `None` counts a refused write.
+    fn pipeline_slot(&self, pending: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = match pending < MAX_PIPELINE_IN_FLIGHT {
+            true => self.pipelined.clone().try_acquire_owned().ok(),
+            false => None,
+        };
+        if slot.is_none() {
+            self.app
+                .metrics
+                .proposals_rejected_overload
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        slot
     }
 
     /// One pipelined call, authenticated and rate-limited on its own.
