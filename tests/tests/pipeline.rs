@@ -211,3 +211,56 @@ async fn a_pipeline_whose_node_dies_goes_on_at_the_next_node() {
         start.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_calls_past_the_nodes_bound_get_503_at_once() {
+    // Without a quorum every write stays in flight until the request timeout (3 s here), so
+    // five streams of 1,024 calls each pass the node's bound on pipelined calls (4,096).
+    let t = TestCluster::start(3, &[]).await.unwrap();
+    let leader = t.c().wait_leader(WAIT).await.unwrap();
+    let cat = catalog(&t, 1, 1).await.unwrap();
+    for n in &t.c().nodes {
+        if n.id != leader {
+            t.c().signal(n.id, "KILL").unwrap();
+        }
+    }
+    let index = t.c().nodes.iter().position(|n| n.id == leader).unwrap();
+    let grpc = GrpcClient::new(grpc_addrs(&t))
+        .with_home_node(index)
+        .with_deadline(WAIT);
+    let per_stream = client::grpc::MAX_PIPELINE_IN_FLIGHT;
+    let auth = bearer(&cat.buyers[0]);
+    let start = std::time::Instant::now();
+    let calls = (0..5).flat_map(|_| {
+        let pipe = grpc.pipeline();
+        let auth = auth.clone();
+        let perf = cat.performance.clone();
+        (0..per_stream).map(move |_| {
+            let (pipe, auth) = (pipe.clone(), auth.clone());
+            let req = one_seat(&perf, "A:1:1");
+            async move { pipe.place_hold(&auth, req).await }
+        })
+    });
+    let answers = futures::future::join_all(calls).await;
+    let took = start.elapsed();
+    let (mut bound, mut timed_out) = (0, 0);
+    for a in &answers {
+        let e = a
+            .as_ref()
+            .expect_err("no write can commit without a quorum");
+        assert_eq!(problem(e).0, 503, "{e}");
+        match e.code() {
+            Some("overloaded") if e.to_string().contains("pipelined calls") => bound += 1,
+            Some("timeout") => timed_out += 1,
+            _ => {}
+        }
+    }
+    eprintln!(
+        "{} pipelined calls without a quorum: {bound} refused by the node's bound, {timed_out} timed out, in {took:?}",
+        answers.len()
+    );
+    // 1,024 when all 5,120 are read within the timeout (as here); fewer on a machine so
+    // slow that the first calls time out, and free their slots, before the last are read.
+    assert!(bound > 0, "none of {} refused by the bound", answers.len());
+    assert!(timed_out > 0, "no call waited for the request timeout");
+}
