@@ -102,6 +102,40 @@ async fn pipelined_holds_and_confirms_answer_as_unary_calls_do() {
         .unwrap();
     assert_eq!(again.booking_id, booking.booking_id);
 
+    // A hold read back over the pipeline (after a read index), by its buyer only; a join
+    // answered as the unary call answers it.
+    let (seat, hold_id) = winners.iter().nth(1).unwrap();
+    let owner = answers
+        .iter()
+        .zip((0..4).flat_map(|b| (1..=4).map(move |_| b)))
+        .find(|((_, a), _)| a.as_ref().is_ok_and(|h| &h.hold_id == hold_id))
+        .map(|(_, b)| b)
+        .unwrap();
+    let read = pb::HoldRef {
+        hold_id: hold_id.clone(),
+        request_id: String::new(),
+    };
+    let h = pipe
+        .get_hold(&bearer(&cat.buyers[owner]), read.clone())
+        .await
+        .unwrap();
+    assert_eq!((&h.hold_id, &h.seats), (hold_id, &vec![seat.clone()]));
+    let other = bearer(&cat.buyers[(owner + 1) % 4]);
+    let e = pipe.get_hold(&other, read).await.unwrap_err();
+    let unary = GrpcClient::new(grpc_addrs(&t)).with_key(cat.buyers[0].key().unwrap());
+    let join = pb::JoinQueueRequest {
+        performance_id: cat.performance.clone(),
+        request_id: String::new(),
+    };
+    let piped = pipe.join_queue(&bearer(&cat.buyers[0]), join.clone()).await;
+    let direct = unary.join_queue(join).await;
+    match (piped, direct) {
+        (Ok(a), Ok(b)) => assert_eq!(a.state, b.state),
+        (Err(a), Err(b)) => assert_eq!(problem(&a), problem(&b)),
+        (a, b) => panic!("pipelined {a:?} against unary {b:?}"),
+    }
+    assert!(matches!(problem(&e).0, 403 | 404), "{e}");
+
     // The ledger holds exactly what was answered.
     let p = t.admin().performance(&cat.performance).await.unwrap();
     let a = p.sections.iter().find(|s| s.section == "A").unwrap();

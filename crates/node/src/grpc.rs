@@ -167,6 +167,44 @@ impl LedgerService {
         }
     }
 
+    /// JoinQueue's work once the caller is known (unary and pipelined).
+    async fn join_queue_as(
+        &self,
+        p: Principal,
+        r: pb::JoinQueueRequest,
+    ) -> std::result::Result<pb::QueueStatus, ApiError> {
+        let performance: PerformanceId = parse_id(&r.performance_id, "performance")?;
+        match self
+            .write(p, &r.request_id, Op::JoinQueue { performance })
+            .await?
+        {
+            Reply::QueueJoined { queue, position } => Ok(pb::QueueStatus {
+                queue_id: queue.to_string(),
+                state: if position.is_some() {
+                    "waiting"
+                } else {
+                    "pre_queue"
+                }
+                .into(),
+                has_position: position.is_some(),
+                position: position.unwrap_or(0),
+                admitted_until_ms: 0,
+            }),
+            other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// GetHold's work once the caller is known: after a read index (unary and pipelined).
+    async fn get_hold_as(
+        &self,
+        p: Principal,
+        r: pb::HoldRef,
+    ) -> std::result::Result<pb::Hold, ApiError> {
+        let id: HoldId = parse_id(&r.hold_id, "hold")?;
+        self.app.linearize().await?;
+        self.hold(p, id).await
+    }
+
     async fn hold(&self, p: Principal, id: HoldId) -> std::result::Result<pb::Hold, ApiError> {
         self.app
             .visible_hold(p, id, Consistency::Stale)
@@ -597,8 +635,10 @@ impl LedgerService {
             match call {
                 Some(Call::PlaceHold(r)) => self.place_hold_as(p, r).await.map(Answer::Hold),
                 Some(Call::ConfirmHold(r)) => self.confirm_hold_as(p, r).await.map(Answer::Booking),
+                Some(Call::JoinQueue(r)) => self.join_queue_as(p, r).await.map(Answer::Queue),
+                Some(Call::GetHold(r)) => self.get_hold_as(p, r).await.map(Answer::Hold),
                 None => Err(ApiError::bad_request(
-                    "a pipelined call names place_hold or confirm_hold",
+                    "a pipelined call names place_hold, confirm_hold, join_queue or get_hold",
                 )),
             }
         }
@@ -754,9 +794,7 @@ impl pb::ledger_server::Ledger for LedgerService {
 
     async fn get_hold(&self, req: Request<pb::HoldRef>) -> Result<pb::Hold> {
         let p = self.principal(&req).await?;
-        let id: HoldId = parse_id(&req.get_ref().hold_id, "hold")?;
-        self.app.linearize().await?;
-        Ok(Response::new(self.hold(p, id).await?))
+        Ok(Response::new(self.get_hold_as(p, req.into_inner()).await?))
     }
 
     async fn release_hold(&self, req: Request<pb::HoldRef>) -> Result<pb::Hold> {
@@ -840,26 +878,9 @@ impl pb::ledger_server::Ledger for LedgerService {
 
     async fn join_queue(&self, req: Request<pb::JoinQueueRequest>) -> Result<pb::QueueStatus> {
         let p = self.principal(&req).await?;
-        let r = req.into_inner();
-        let performance: PerformanceId = parse_id(&r.performance_id, "performance")?;
-        match self
-            .write(p, &r.request_id, Op::JoinQueue { performance })
-            .await?
-        {
-            Reply::QueueJoined { queue, position } => Ok(Response::new(pb::QueueStatus {
-                queue_id: queue.to_string(),
-                state: if position.is_some() {
-                    "waiting"
-                } else {
-                    "pre_queue"
-                }
-                .into(),
-                has_position: position.is_some(),
-                position: position.unwrap_or(0),
-                admitted_until_ms: 0,
-            })),
-            other => Err(ApiError::internal(format!("unexpected reply {other:?}")).into()),
-        }
+        Ok(Response::new(
+            self.join_queue_as(p, req.into_inner()).await?,
+        ))
     }
 
     async fn get_queue(&self, req: Request<pb::QueueRef>) -> Result<pb::QueueStatus> {

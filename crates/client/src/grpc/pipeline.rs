@@ -1,7 +1,7 @@
-//! Pipelined calls (`Ledger.Pipeline`): many holds and confirms on one HTTP/2 stream to one
-//! node, for a front end carrying many buyers' calls. A unary call costs the node a new
-//! HTTP/2 stream (headers both ways, trailers, a service call); a pipelined one is one
-//! message each way on a stream that stays open.
+//! Pipelined calls (`Ledger.Pipeline`): many holds, confirms, joins and hold reads on one
+//! HTTP/2 stream to one node, for a front end carrying many buyers' calls. A unary call
+//! costs the node a new HTTP/2 stream (headers both ways, trailers, a service call); a
+//! pipelined one is one message each way on a stream that stays open.
 //!
 //! Unlike [`GrpcClient`]'s calls, a pipelined call is one attempt: its error is the node's
 //! answer ([`Error::Api`], 503 `overloaded` included) or [`Error::Unavailable`] when the
@@ -78,6 +78,28 @@ impl Pipeline {
             Answer::Booking(b) => Ok(b),
             other => Err(Error::Decode(format!(
                 "a confirm was answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// JoinQueue as the holder of `authorization` (`Bearer <key>`; empty: the stream's).
+    pub async fn join_queue(
+        &self,
+        authorization: &str,
+        req: pb::JoinQueueRequest,
+    ) -> Result<pb::QueueStatus> {
+        match self.call(Call::JoinQueue(req), authorization).await? {
+            Answer::Queue(q) => Ok(q),
+            other => Err(Error::Decode(format!("a join was answered with {other:?}"))),
+        }
+    }
+
+    /// GetHold (linearizable: after a read index) as the holder of `authorization`.
+    pub async fn get_hold(&self, authorization: &str, req: pb::HoldRef) -> Result<pb::Hold> {
+        match self.call(Call::GetHold(req), authorization).await? {
+            Answer::Hold(h) => Ok(h),
+            other => Err(Error::Decode(format!(
+                "a hold read was answered with {other:?}"
             ))),
         }
     }

@@ -36,9 +36,9 @@ pub enum Protocol {
     /// target. Linearizable reads (the `read` workload) still go over HTTP: the gRPC GetHold
     /// reads this node's applied state without a read index.
     Grpc,
-    /// gRPC, holds and confirms pipelined (`Ledger.Pipeline`, client::grpc::Pipeline): one
-    /// long-lived stream per connection carries every client's calls, each with its buyer's
-    /// credential. Joins go unary, reads over HTTP, as with `grpc`.
+    /// gRPC, pipelined (`Ledger.Pipeline`, client::grpc::Pipeline): one long-lived stream
+    /// per connection carries every client's holds, confirms, joins and linearizable hold
+    /// reads, each with its own credential.
     GrpcPipeline,
 }
 
@@ -208,7 +208,7 @@ impl Ticketledger {
                 o.grpc_connections.max(1)
             ),
             Protocol::GrpcPipeline => format!(
-                "gRPC, holds and confirms pipelined (Ledger.Pipeline: one stream on each of {} connections per target, each call with its buyer's key); joins unary, reads over HTTP; one attempt per request, no request_id",
+                "gRPC, pipelined (Ledger.Pipeline: one stream on each of {} connections per target, each call with its own key: holds, confirms, joins, linearizable hold reads); one attempt per request, no request_id",
                 o.grpc_connections.max(1)
             ),
         };
@@ -268,7 +268,7 @@ impl Ticketledger {
     }
 
     pub async fn exec(&self, op: &Op) -> Outcome {
-        if !self.grpc.is_empty() && !matches!(op, Op::Read { .. }) {
+        if !self.pipelines.is_empty() || (!self.grpc.is_empty() && !matches!(op, Op::Read { .. })) {
             return self.exec_grpc(op).await;
         }
         match *op {
@@ -371,6 +371,31 @@ impl Ticketledger {
                         }
                     }
                     (outcome, _) => outcome,
+                }
+            }
+            Op::Join { room, buyer } if !self.pipelines.is_empty() => {
+                let req = api::grpc::JoinQueueRequest {
+                    performance_id: self.rooms[room as usize].clone(),
+                    request_id: String::new(),
+                };
+                match self
+                    .pipeline()
+                    .join_queue(&self.buyers[buyer as usize], req)
+                    .await
+                {
+                    Ok(_) => Outcome::Ok,
+                    Err(e) => self.failed_call(&e),
+                }
+            }
+            Op::Read { slot } if !self.pipelines.is_empty() => {
+                let id = &self.read_holds[slot as usize % self.read_holds.len().max(1)];
+                let req = api::grpc::HoldRef {
+                    hold_id: id.clone(),
+                    request_id: String::new(),
+                };
+                match self.pipeline().get_hold(&self.admin, req).await {
+                    Ok(_) => Outcome::Ok,
+                    Err(e) => self.failed_call(&e),
                 }
             }
             Op::Join { room, buyer } => {
