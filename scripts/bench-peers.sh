@@ -12,8 +12,8 @@
 #   SYSTEMS="ticketledger redis" scripts/bench-peers.sh   # a subset
 #
 # Knobs (environment): WORKLOADS, SYSTEMS, DURATION, WARMUP (seconds), TL_CLIENTS,
-# ETCD_CLIENTS, PG_CLIENTS, REDIS_CLIENTS, TL_PROTOCOL (grpc-pipeline, the default: holds
-# and confirms of all clients as messages on a few long-lived Ledger.Pipeline streams, as
+# ETCD_CLIENTS, PG_CLIENTS, REDIS_CLIENTS, TL_PROTOCOL (grpc-pipeline, the default: every
+# client's holds, confirms, joins and hold reads as messages on a few long-lived Ledger.Pipeline streams, as
 # the Redis driver multiplexes its clients on its connections; grpc: one unary call each,
 # as the etcd driver sends them; or http), LAYOUT (extra loadgen flags), OUT (results dir), BIN_DIR (use these
 # binaries instead of building). Every run also reports CPU per completed request of the
