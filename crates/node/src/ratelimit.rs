@@ -145,13 +145,8 @@ impl Limiter {
         })
     }
 
-    /// The principal a bearer credential names, from this node's applied state only.
-    fn principal_of(&self, headers: &HeaderMap) -> Option<Principal> {
-        self.principal_of_value(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
-    }
-
-    /// [`Self::principal_of`] for an `Authorization` value.
-    fn principal_of_value(&self, value: &str) -> Option<Principal> {
+    /// The principal an `Authorization` value names, from this node's applied state only.
+    fn principal_of(&self, value: &str) -> Option<Principal> {
         let bearer = value.strip_prefix("Bearer ")?.trim();
         if bearer.is_empty() || bearer.len() > 256 {
             return None;
@@ -216,6 +211,18 @@ impl Limiter {
         peer: Option<SocketAddr>,
         headers: &HeaderMap,
     ) -> Result<(), (&'static str, Duration)> {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.check_value(peer, authorization)
+    }
+
+    /// [`Self::check`] for an `Authorization` value.
+    fn check_value(
+        &self,
+        peer: Option<SocketAddr>,
+        authorization: Option<&str>,
+    ) -> Result<(), (&'static str, Duration)> {
         let now = Instant::now();
         if let Some(buckets) = &self.addresses {
             match peer {
@@ -228,7 +235,7 @@ impl Limiter {
             }
         }
         if let Some(buckets) = &self.principals
-            && let Some(p) = self.principal_of(headers)
+            && let Some(p) = authorization.and_then(|a| self.principal_of(a))
         {
             buckets.take(&p, now).map_err(|wait| ("principal", wait))?;
         }
@@ -247,20 +254,8 @@ impl Limiter {
         if self.is_off() {
             return Ok(());
         }
-        let now = Instant::now();
-        if let (Some(buckets), Some(peer)) = (&self.addresses, peer) {
-            buckets
-                .take(&address_key(peer.ip()), now)
-                .map_err(|wait| rate_limited_error("client address", wait))?;
-        }
-        if let Some(buckets) = &self.principals
-            && let Some(p) = self.principal_of_value(authorization)
-        {
-            buckets
-                .take(&p, now)
-                .map_err(|wait| rate_limited_error("principal", wait))?;
-        }
-        Ok(())
+        self.check_value(peer, Some(authorization))
+            .map_err(|(what, wait)| rate_limited_error(what, wait))
     }
 }
 

@@ -123,12 +123,14 @@ impl Ticketledger {
             for n in &chosen {
                 for _ in 0..o.grpc_connections.max(1) {
                     if o.protocol == Protocol::GrpcPipeline {
+                        // Every workload goes on the pipeline: no unary connection.
                         pipelines.push(
                             client::grpc::GrpcClient::try_new([n.grpc_addr.clone()])
                                 .map_err(anyhow::Error::msg)?
                                 .with_deadline(timeout)
                                 .pipeline(),
                         );
+                        continue;
                     }
                     let ch = Endpoint::from_shared(format!("http://{}", n.grpc_addr))
                         .with_context(|| format!("bad gRPC address {}", n.grpc_addr))?
@@ -248,13 +250,17 @@ impl Ticketledger {
     fn failed(&self, s: &tonic::Status) -> Outcome {
         let o = classify_grpc(s);
         if o == Outcome::Transport {
-            let text = format!("{:?}: {}", s.code(), s.message());
-            let mut f = self.failures.lock().expect("failures lock");
-            if f.len() < FAILURES_KEPT && !f.contains(&text) {
-                f.push(text);
-            }
+            self.note_failure(format!("{:?}: {}", s.code(), s.message()));
         }
         o
+    }
+
+    /// Keep the first few distinct transport failures for the result's notes.
+    fn note_failure(&self, text: String) {
+        let mut f = self.failures.lock().expect("failures lock");
+        if f.len() < FAILURES_KEPT && !f.contains(&text) {
+            f.push(text);
+        }
     }
 
     fn base(&self) -> &str {
@@ -432,11 +438,7 @@ impl Ticketledger {
                 Outcome::Timeout
             }
             other => {
-                let text = other.to_string();
-                let mut f = self.failures.lock().expect("failures lock");
-                if f.len() < FAILURES_KEPT && !f.contains(&text) {
-                    f.push(text);
-                }
+                self.note_failure(other.to_string());
                 Outcome::Transport
             }
         }
